@@ -1,0 +1,70 @@
+// Host entry points of the seqlstm operators, one per backend. bindings.cpp registers
+// them under the `seqlstm` torch.library namespace; the C++ tests call them directly.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <optional>
+
+#include <cstdint>
+
+namespace seqlstm {
+
+// Sparse-embedding gather: output row output_order[s] (or s) of sample s is
+//   sum over k in [offsets[s], offsets[s+1]) of per_sample_weights[k] * weight[indices[k]].
+// Returns (num_samples, embedding_dim) with weight's dtype.
+at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
+                                     const at::Tensor& offsets,
+                                     const std::optional<at::Tensor>& per_sample_weights,
+                                     const std::optional<at::Tensor>& output_order);
+
+// Gradient of embedding_bag_forward with respect to weight: (num_embeddings, embedding_dim).
+// Duplicate indices accumulate. `deterministic` has no effect on CPU, where the sum
+// order is always the order of the indices.
+at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                      const at::Tensor& offsets,
+                                      const std::optional<at::Tensor>& per_sample_weights,
+                                      const std::optional<at::Tensor>& output_order,
+                                      int64_t num_embeddings, bool deterministic);
+
+}  // namespace seqlstm
+
+namespace seqlstm {
+
+// One layer, one direction of an LSTM over a packed batch (see lstm_cell.h for the
+// equations and shape letters). The layout is PackedSequence's: sequences sorted by
+// length, longest first, and step t holds rows [sum(batch_sizes[:t]), +batch_sizes[t])
+// of `input`, the first batch_sizes[t] sequences.
+//
+//   input        (total, H_in)   total = sum(batch_sizes)
+//   batch_sizes  (L,) int64 on CPU, non-increasing, batch_sizes[0] = N
+//   h_0          (N, P)          c_0 (N, H)
+//   weight_ih    (4*H, H_in)     weight_hh (4*H, P)
+//   bias         (4*H,) or none: bias_ih + bias_hh
+//   weight_hr    (P, H) or none: the projection
+//   algorithm    0 picks by shape, 1 the per-step path, 2 the fused small-hidden path
+//
+// Returns (output, h_n, c_n, gates, cell):
+//   output (total, P), h_n (N, P), c_n (N, H): as torch.nn.LSTM, packed
+//   gates  (total, 4*H): activated i, f, g, o of every step, saved for backward
+//   cell   (total, H):   c_t of every step, saved for backward
+// h_n and c_n hold each sequence's state after its own last step.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+    const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& h_0,
+    const at::Tensor& c_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& weight_hr,
+    int64_t algorithm);
+
+// Backward of lstm_forward. grad_output, grad_h_n and grad_c_n have the shapes of
+// output, h_n and c_n (zeros where no gradient flows); output, gates and cell are what
+// lstm_forward returned. Returns (grad_input, grad_h_0, grad_c_0, grad_weight_ih,
+// grad_weight_hh, grad_bias, grad_weight_hr); grad_weight_hr is empty without a
+// projection.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                  const at::Tensor& grad_c_n, const at::Tensor& input,
+                  const at::Tensor& batch_sizes, const at::Tensor& h_0, const at::Tensor& c_0,
+                  const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                  const std::optional<at::Tensor>& weight_hr, const at::Tensor& output,
+                  const at::Tensor& gates, const at::Tensor& cell, int64_t algorithm);
+
+}  // namespace seqlstm

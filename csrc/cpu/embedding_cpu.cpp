@@ -1,0 +1,162 @@
+// Sparse-embedding gather and its backward on CPU.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "../common/ops.h"
+
+namespace seqlstm {
+namespace {
+
+// Checks what only the data can show: offsets start at 0, never decrease and end at
+// nnz; every index lies in [0, num_embeddings); output_order is a permutation.
+void check_embedding_bag_values(const at::Tensor& indices, const at::Tensor& offsets,
+                                const at::Tensor& output_order, int64_t num_embeddings) {
+  const int64_t nnz = indices.size(0);
+  const int64_t num_samples = offsets.size(0) - 1;
+  const int64_t* offset = offsets.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(offset[0] == 0, "offsets[0] must be 0, got ", offset[0]);
+  for (int64_t s = 0; s < num_samples; ++s) {
+    TORCH_CHECK_VALUE(offset[s + 1] >= offset[s], "offsets must be non-decreasing, got offsets[",
+                      s, "] = ", offset[s], " > offsets[", s + 1, "] = ", offset[s + 1]);
+  }
+  TORCH_CHECK_VALUE(offset[num_samples] == nnz, "offsets[-1] must equal the number of indices (",
+                    nnz, "), got ", offset[num_samples]);
+
+  const int64_t* index = indices.data_ptr<int64_t>();
+  for (int64_t k = 0; k < nnz; ++k) {
+    TORCH_CHECK_INDEX(index[k] >= 0 && index[k] < num_embeddings, "indices[", k, "] = ",
+                      index[k], " is out of range for an embedding with num_embeddings = ",
+                      num_embeddings, "; valid indices are 0 to ", num_embeddings - 1);
+  }
+
+  if (output_order.defined()) {
+    const int64_t* order = output_order.data_ptr<int64_t>();
+    std::vector<bool> seen(num_samples, false);
+    for (int64_t s = 0; s < num_samples; ++s) {
+      TORCH_CHECK_VALUE(order[s] >= 0 && order[s] < num_samples && !seen[order[s]],
+                        "output_order must be a permutation of 0 to ", num_samples - 1,
+                        ", got output_order[", s, "] = ", order[s]);
+      seen[order[s]] = true;
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight_arg, const at::Tensor& indices_arg,
+                                     const at::Tensor& offsets_arg,
+                                     const std::optional<at::Tensor>& per_sample_weights_arg,
+                                     const std::optional<at::Tensor>& output_order_arg) {
+  const at::Tensor per_sample_weights_given = per_sample_weights_arg.value_or(at::Tensor());
+  const at::Tensor output_order_given = output_order_arg.value_or(at::Tensor());
+  check_embedding_bag_args(weight_arg, "weight", indices_arg, offsets_arg, per_sample_weights_given,
+                           output_order_given);
+  check_device_type(weight_arg, "weight", c10::DeviceType::CPU);
+
+  const at::Tensor weight = weight_arg.contiguous();
+  const at::Tensor indices = indices_arg.contiguous();
+  const at::Tensor offsets = offsets_arg.contiguous();
+  const at::Tensor per_sample_weights =
+      per_sample_weights_given.defined() ? per_sample_weights_given.contiguous() : at::Tensor();
+  const at::Tensor output_order =
+      output_order_given.defined() ? output_order_given.contiguous() : at::Tensor();
+  check_embedding_bag_values(indices, offsets, output_order, weight.size(0));
+
+  const int64_t num_samples = offsets.size(0) - 1;
+  const int64_t embedding_dim = weight.size(1);
+  at::Tensor output = at::zeros({num_samples, embedding_dim}, weight.options());
+
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "embedding_bag_forward_cpu", [&] {
+    const scalar_t* table = weight.const_data_ptr<scalar_t>();
+    const int64_t* index = indices.const_data_ptr<int64_t>();
+    const int64_t* offset = offsets.const_data_ptr<int64_t>();
+    const scalar_t* scale =
+        per_sample_weights.defined() ? per_sample_weights.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* order =
+        output_order.defined() ? output_order.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* out = output.data_ptr<scalar_t>();
+
+    // Samples write disjoint output rows, so they split across threads freely.
+    at::parallel_for(0, num_samples, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        scalar_t* row = out + (order ? order[s] : s) * embedding_dim;
+        for (int64_t k = offset[s]; k < offset[s + 1]; ++k) {
+          const scalar_t w = scale ? scale[k] : scalar_t(1);
+          const scalar_t* source = table + index[k] * embedding_dim;
+          for (int64_t d = 0; d < embedding_dim; ++d) {
+            row[d] += w * source[d];
+          }
+        }
+      }
+    });
+  });
+  return output;
+}
+
+at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output_arg,
+                                      const at::Tensor& indices_arg,
+                                      const at::Tensor& offsets_arg,
+                                      const std::optional<at::Tensor>& per_sample_weights_arg,
+                                      const std::optional<at::Tensor>& output_order_arg,
+                                      int64_t num_embeddings, bool deterministic) {
+  (void)deterministic;  // The CPU sum below always runs in index order.
+  const at::Tensor per_sample_weights_given = per_sample_weights_arg.value_or(at::Tensor());
+  const at::Tensor output_order_given = output_order_arg.value_or(at::Tensor());
+  TORCH_CHECK_VALUE(num_embeddings >= 0, "num_embeddings must be non-negative, got ",
+                    num_embeddings);
+  check_dim(grad_output_arg, "grad_output", 2);
+  check_embedding_bag_args(grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_given,
+                           output_order_given);
+  check_device_type(grad_output_arg, "grad_output", c10::DeviceType::CPU);
+  TORCH_CHECK_VALUE(grad_output_arg.size(0) == offsets_arg.size(0) - 1,
+                    "grad_output must have shape (num_samples, embedding_dim) with num_samples = ",
+                    offsets_arg.size(0) - 1, ", got ", shape_string(grad_output_arg.sizes()));
+
+  const at::Tensor grad_output = grad_output_arg.contiguous();
+  const at::Tensor indices = indices_arg.contiguous();
+  const at::Tensor offsets = offsets_arg.contiguous();
+  const at::Tensor per_sample_weights =
+      per_sample_weights_given.defined() ? per_sample_weights_given.contiguous() : at::Tensor();
+  const at::Tensor output_order =
+      output_order_given.defined() ? output_order_given.contiguous() : at::Tensor();
+  check_embedding_bag_values(indices, offsets, output_order, num_embeddings);
+
+  const int64_t num_samples = offsets.size(0) - 1;
+  const int64_t embedding_dim = grad_output.size(1);
+  at::Tensor grad_weight = at::zeros({num_embeddings, embedding_dim}, grad_output.options());
+
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "embedding_bag_backward_cpu", [&] {
+    const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* index = indices.const_data_ptr<int64_t>();
+    const int64_t* offset = offsets.const_data_ptr<int64_t>();
+    const scalar_t* scale =
+        per_sample_weights.defined() ? per_sample_weights.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* order =
+        output_order.defined() ? output_order.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* grad = grad_weight.data_ptr<scalar_t>();
+
+    // Duplicate indices write the same row, so the scatter stays on one thread; it is a
+    // few multiply-adds per non-zero and far from the cost of the LSTM behind it.
+    for (int64_t s = 0; s < num_samples; ++s) {
+      const scalar_t* source = grad_out + (order ? order[s] : s) * embedding_dim;
+      for (int64_t k = offset[s]; k < offset[s + 1]; ++k) {
+        const scalar_t w = scale ? scale[k] : scalar_t(1);
+        scalar_t* row = grad + index[k] * embedding_dim;
+        for (int64_t d = 0; d < embedding_dim; ++d) {
+          row[d] += w * source[d];
+        }
+      }
+    }
+  });
+  return grad_weight;
+}
+
+}  // namespace seqlstm
+
+TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
+  m.impl("embedding_bag_forward", &seqlstm::embedding_bag_forward_cpu);
+  m.impl("embedding_bag_backward", &seqlstm::embedding_bag_backward_cpu);
+}
