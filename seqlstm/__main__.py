@@ -1,0 +1,7 @@
+"""Entry point of `python -m seqlstm`."""
+
+import sys
+
+from seqlstm.cli import main
+
+sys.exit(main())

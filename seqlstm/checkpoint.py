@@ -1,0 +1,105 @@
+"""Atomic checkpoint and model files.
+
+A file is first written in full to a temporary file in the same folder, flushed and
+fsynced, then renamed over the old one, and the folder is fsynced. A crash at any point
+leaves either the old file or the new one, never a partial file.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "seqlstm-checkpoint"
+MODEL_FORMAT = "seqlstm-model"
+FORMAT_VERSION = 1
+
+
+def save_atomic(obj, path) -> Path:
+    """Write `obj` with torch.save to `path` atomically and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder entry is on disk.
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _load(path: Path, expected_format: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        # weights_only=False: the file holds the reader's state, plain Python values
+        # written by this package.
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable {expected_format} file ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        raise ValueError(f"{path}: not a {expected_format} file")
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: {expected_format} version {data.get('version')} is not supported, "
+            f"expected {FORMAT_VERSION}"
+        )
+    return data
+
+
+def save_checkpoint(folder, state: dict) -> Path:
+    """Write the training state to folder/checkpoint.pt atomically."""
+    data = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state}
+    return save_atomic(data, Path(folder) / CHECKPOINT_NAME)
+
+
+def load_checkpoint(folder) -> dict:
+    """Read folder/checkpoint.pt.
+
+    Raises:
+        FileNotFoundError: there is no checkpoint in `folder`.
+        ValueError: the file is not a seqlstm checkpoint of this version.
+    """
+    return _load(Path(folder) / CHECKPOINT_NAME, CHECKPOINT_FORMAT)
+
+
+def save_model(model, path) -> Path:
+    """Write a trained SequenceClassifier (its configuration and weights) atomically."""
+    data = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": dict(model.config),
+        "state_dict": model.state_dict(),
+    }
+    return save_atomic(data, path)
+
+
+def load_model(path, device="cpu"):
+    """Read a model written by save_model and return it as a SequenceClassifier.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not a seqlstm model of this version.
+    """
+    from seqlstm.model import SequenceClassifier
+
+    data = _load(Path(path), MODEL_FORMAT)
+    model = SequenceClassifier(**data["config"], device=device)
+    model.load_state_dict(data["state_dict"])
+    return model

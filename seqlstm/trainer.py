@@ -1,0 +1,369 @@
+"""Training loop with CNTK's semantics: the objective is the sum of the per-sequence
+losses, the learner steps with a per-sample rate (seqlstm.learner), and progress is
+written as CNTK's table (seqlstm.progress).
+
+With several processes (torch.distributed initialized), each process reads its share of
+every minibatch; `reduce_across_workers` is the one place where gradients and the
+minibatch totals are summed, and only rank 0 writes progress.
+"""
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from seqlstm.checkpoint import load_checkpoint, save_checkpoint
+from seqlstm.learner import CNTKSGD, Schedule, describe_value
+from seqlstm.metrics_log import MetricsLog, TensorBoardLog
+from seqlstm.progress import ProgressPrinter
+
+logger = logging.getLogger(__name__)
+
+FEATURES = "features"
+LABELS = "labels"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on, for example because the loss is no longer finite."""
+
+
+@dataclass
+class Batch:
+    """One minibatch on the training device: sparse words in CSR form and the labels."""
+
+    indices: torch.Tensor  # (nnz,) int64
+    values: torch.Tensor  # (nnz,) float32
+    offsets: torch.Tensor  # (S + 1,) int64
+    lengths: torch.Tensor  # (N,) int64, on the CPU
+    labels: torch.Tensor  # (N, C) float32, one row per sequence
+
+    @property
+    def num_sequences(self) -> int:
+        return self.lengths.shape[0]
+
+
+def make_batch(minibatch, device) -> Batch:
+    """Move a reader minibatch to `device` and check that the label stream has exactly
+    one sample per sequence.
+
+    Raises:
+        ValueError: a sequence has no label or more than one, naming its sequence id
+            and `path:line`.
+    """
+    features = minibatch.streams[FEATURES]
+    labels = minibatch.streams[LABELS]
+    bad = torch.nonzero(labels.lengths != 1).flatten()
+    if bad.numel() > 0:
+        k = int(bad[0])
+        raise ValueError(
+            f"{minibatch.path}:{int(minibatch.lines[k])}: sequence "
+            f"{int(minibatch.sequence_ids[k])} has {int(labels.lengths[k])} label "
+            f"samples, expected exactly 1 (one class per sequence)"
+        )
+    return Batch(
+        indices=features.indices.to(device, non_blocking=True),
+        values=features.values.to(device, non_blocking=True),
+        offsets=features.offsets.to(device, non_blocking=True),
+        lengths=features.lengths,
+        labels=labels.values.to(device, non_blocking=True),
+    )
+
+
+def cross_entropy_with_softmax(logits: torch.Tensor, labels: torch.Tensor):
+    """Return CNTK's per-sequence loss logsumexp(z) - sum_k y_k z_k, shape (N,); for a
+    one-hot y this is -log softmax(z)[label]."""
+    return torch.logsumexp(logits, dim=1) - (labels * logits).sum(dim=1)
+
+
+def classification_error(logits: torch.Tensor, labels: torch.Tensor):
+    """Return 1.0 where argmax z differs from argmax y, else 0.0, shape (N,). Ties go
+    to the lowest index in both, as in CNTK's ClassificationErrorNode."""
+    return (logits.argmax(dim=1) != labels.argmax(dim=1)).to(logits.dtype)
+
+
+def distributed_world() -> tuple[int, int]:
+    """Return (rank, world_size): (0, 1) unless torch.distributed is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainState:
+    """Counters that a checkpoint restores alongside model, learner and reader."""
+
+    minibatches: int = 0  # minibatches trained so far
+    samples_seen: int = 0  # sequences trained so far, across all workers
+    elapsed_seconds: float = 0.0  # training time of earlier runs, for the metrics log
+    last_metric: float = 0.0  # error rate of the last minibatch
+
+
+class Trainer:
+    """Trains a SequenceClassifier on minibatches from a CTFReader.
+
+    Args:
+        model: the classifier; its parameters with requires_grad are trained.
+        reader: a CTFReader with streams named "features" (sparse) and "labels" (dense).
+        lr: learning-rate schedule.
+        momentum: momentum schedule (constant 0 is CNTK's plain sgd).
+        lr_unit, momentum_unit, unit_gain: see seqlstm.learner.CNTKSGD.
+        minibatch_size: samples (lines of the longest stream) per minibatch.
+        printer: writes the progress table on rank 0; None writes nothing.
+        metrics_log, tensorboard: optional per-minibatch records.
+        checkpoint_dir: where checkpoints go; None for none.
+        checkpoint_every: minibatches between checkpoints (0: only at the end).
+        device: where the model and minibatches live.
+    """
+
+    def __init__(
+        self,
+        model,
+        reader,
+        lr: Schedule,
+        momentum: Schedule | None = None,
+        lr_unit: str = "sample",
+        momentum_unit: str = "minibatch",
+        unit_gain: bool = True,
+        minibatch_size: int = 200,
+        printer: ProgressPrinter | None = None,
+        metrics_log: MetricsLog | None = None,
+        tensorboard: TensorBoardLog | None = None,
+        checkpoint_dir=None,
+        checkpoint_every: int = 0,
+        config: dict | None = None,
+        device="cpu",
+    ):
+        if minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be at least 1, got {minibatch_size}")
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+        self.model = model
+        self.reader = reader
+        self.lr = lr
+        self.momentum = momentum if momentum is not None else Schedule.constant(0.0)
+        self.lr_unit = lr_unit
+        self.momentum_unit = momentum_unit
+        self.minibatch_size = minibatch_size
+        self.trained_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = CNTKSGD(
+            self.trained_parameters,
+            lr_unit=lr_unit,
+            momentum_unit=momentum_unit,
+            unit_gain=unit_gain,
+        )
+        self.rank, self.world_size = distributed_world()
+        self.printer = printer if self.rank == 0 else None
+        self.metrics_log = metrics_log if self.rank == 0 else None
+        self.tensorboard = tensorboard if self.rank == 0 else None
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.config = dict(config or {})
+        self.device = torch.device(device)
+        self.state = TrainState()
+
+    # Gradient and totals reduction: the one place where workers exchange data.
+    def reduce_across_workers(self, totals: torch.Tensor) -> torch.Tensor:
+        """Sum the gradients and `totals` (loss sum, error count, sequences) over all
+        workers; with one process this returns `totals` unchanged."""
+        if self.world_size == 1:
+            return totals
+        for param in self.trained_parameters:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad)
+        dist.all_reduce(totals)
+        return totals
+
+    def train_minibatch(self, minibatch) -> tuple[float, float, int]:
+        """Train on one minibatch and return its summed loss, error count and number of
+        sequences, over all workers.
+
+        Raises:
+            TrainingError: the loss is NaN or infinite; nothing was updated.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if minibatch.num_sequences > 0:
+            batch = make_batch(minibatch, self.device)
+            logits = self.model(batch.indices, batch.values, batch.offsets, batch.lengths)
+            loss = cross_entropy_with_softmax(logits, batch.labels).sum()
+            loss.backward()
+            errors = classification_error(logits.detach(), batch.labels).sum()
+            totals[0] = loss.detach()
+            totals[1] = errors
+            totals[2] = batch.num_sequences
+        totals = self.reduce_across_workers(totals)
+        loss_sum, error_sum, sequences = totals.tolist()
+        number = self.state.minibatches + 1
+        if not math.isfinite(loss_sum):
+            raise TrainingError(
+                f"minibatch {number}: the loss is {loss_sum}, so training stopped before "
+                f"updating the weights; lower the learning rate or check the input values"
+            )
+
+        sweep = minibatch.sweep
+        lr = self.lr.value_at(self.state.samples_seen, sweep)
+        momentum = self.momentum.value_at(self.state.samples_seen, sweep)
+        if self.printer is not None:
+            self.printer.report_value("lr", describe_value("Learning rate", self.lr_unit, lr))
+            if momentum != 0.0 or "momentum" in self.printer.reported_values:
+                self.printer.report_value(
+                    "momentum", describe_value("Momentum", self.momentum_unit, momentum)
+                )
+        self.optimizer.step(int(sequences), lr, momentum)
+        return loss_sum, error_sum, int(sequences)
+
+    def train(self, minibatches: int | None = None) -> TrainState:
+        """Train until `minibatches` minibatches are done in all (counting those before a
+        resume), or until the reader ends when it is None.
+
+        Returns:
+            the final TrainState.
+        """
+        progress_bar = _progress_bar(minibatches, self.state.minibatches)
+        start = time.monotonic()
+        elapsed_before = self.state.elapsed_seconds
+        try:
+            while minibatches is None or self.state.minibatches < minibatches:
+                minibatch = self.reader.next_minibatch(self.minibatch_size)
+                if minibatch is None:
+                    break
+                loss_sum, error_sum, sequences = self.train_minibatch(minibatch)
+                self.state.minibatches += 1
+                self.state.samples_seen += sequences
+                self.state.elapsed_seconds = elapsed_before + time.monotonic() - start
+                self.state.last_metric = error_sum / sequences if sequences else 0.0
+                self._record(loss_sum, error_sum, sequences, minibatch.end_of_sweep)
+                if progress_bar is not None:
+                    progress_bar.update(1)
+                if (
+                    self.checkpoint_every
+                    and self.state.minibatches % self.checkpoint_every == 0
+                ):
+                    self.save_checkpoint()
+        finally:
+            if progress_bar is not None:
+                progress_bar.close()
+        if self.printer is not None:
+            self.printer.write_final_error(self.state.last_metric)
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint()
+        return self.state
+
+    def _record(self, loss_sum, error_sum, sequences, end_of_sweep) -> None:
+        if self.printer is not None:
+            self.printer.update(loss_sum, error_sum, sequences)
+            if end_of_sweep:
+                self.printer.summarize()
+        loss = loss_sum / sequences if sequences else 0.0
+        metric = error_sum / sequences if sequences else 0.0
+        record = {
+            "minibatch": self.state.minibatches,
+            "samples": self.state.samples_seen,
+            "loss": loss,
+            "metric": metric,
+            "seconds": round(self.state.elapsed_seconds, 6),
+        }
+        if self.metrics_log is not None:
+            self.metrics_log.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of the current state to checkpoint_dir (rank 0 only)."""
+        if self.checkpoint_dir is None or self.rank != 0:
+            return
+        path = save_checkpoint(
+            self.checkpoint_dir,
+            {
+                "config": self.config,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "reader": self.reader.state_dict(),
+                "rng": _rng_state(),
+                "progress": self.printer.state_dict() if self.printer else None,
+                "train_state": {
+                    "minibatches": self.state.minibatches,
+                    "samples_seen": self.state.samples_seen,
+                    "elapsed_seconds": self.state.elapsed_seconds,
+                    "last_metric": self.state.last_metric,
+                },
+            },
+        )
+        logger.info("checkpoint after minibatch %d written to %s", self.state.minibatches, path)
+
+    def resume(self) -> None:
+        """Restore model, learner, reader position, random state and counters from the
+        checkpoint in checkpoint_dir.
+
+        Raises:
+            FileNotFoundError: there is no checkpoint.
+            ValueError: the checkpoint's model configuration differs from this model's.
+        """
+        checkpoint = load_checkpoint(self.checkpoint_dir)
+        saved_model = checkpoint["config"].get("model")
+        current_model = self.config.get("model")
+        if saved_model != current_model:
+            raise ValueError(
+                f"the checkpoint in {self.checkpoint_dir} is of a model {saved_model}, "
+                f"but this run builds {current_model}; use the same model options"
+            )
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.reader.load_state_dict(checkpoint["reader"])
+        _set_rng_state(checkpoint["rng"])
+        if self.printer is not None and checkpoint["progress"] is not None:
+            self.printer.load_state_dict(checkpoint["progress"])
+        saved = checkpoint["train_state"]
+        self.state = TrainState(**saved)
+        if self.metrics_log is not None:
+            self.metrics_log.truncate_after(self.state.minibatches)
+        logger.info("resumed after minibatch %d", self.state.minibatches)
+
+
+def evaluate(model, reader, minibatch_size: int = 200, device="cpu"):
+    """Return the summed loss, the error count and the number of sequences of `model`
+    over everything `reader` yields, without training."""
+    loss_sum = 0.0
+    error_sum = 0.0
+    sequences = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        while (minibatch := reader.next_minibatch(minibatch_size)) is not None:
+            if minibatch.num_sequences == 0:
+                continue
+            batch = make_batch(minibatch, device)
+            logits = model(batch.indices, batch.values, batch.offsets, batch.lengths)
+            loss_sum += float(cross_entropy_with_softmax(logits, batch.labels).sum())
+            error_sum += float(classification_error(logits, batch.labels).sum())
+            sequences += batch.num_sequences
+    model.train(was_training)
+    return loss_sum, error_sum, sequences
+
+
+def _progress_bar(total, initial):
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, file=sys.stderr, unit="minibatch")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
