@@ -48,8 +48,8 @@ def _load(path: Path, expected_format: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        # weights_only=False: the file holds the reader's state, plain Python values
-        # written by this package.
+        # weights_only=False because the file contains the reader's state, plain Python
+        # values written by this package.
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise ValueError(f"{path}: not a readable {expected_format} file ({error})") from None

@@ -370,7 +370,7 @@ def setup_runtime(args):
 
 
 def run_train(args) -> None:
-    """Train as the options say; see build_parser for each option."""
+    """Train with the parsed options (see build_parser for each one)."""
     import torch
 
     from seqlstm.checkpoint import save_model
@@ -460,7 +460,7 @@ def print_evaluation(result) -> None:
     """Print the average loss and error rate of an evaluation on stdout."""
     loss_sum, error_sum, sequences = result
     if sequences == 0:
-        raise ValueError("the evaluation data holds no sequences")
+        raise ValueError("the evaluation data contains no sequences")
     print(
         f"Evaluation: loss = {loss_sum / sequences:f}, "
         f"error = {error_sum / sequences:f} over {sequences} sequences"

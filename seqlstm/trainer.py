@@ -3,7 +3,7 @@ losses, the learner steps with a per-sample rate (seqlstm.learner), and progress
 written as CNTK's table (seqlstm.progress).
 
 With several processes (torch.distributed initialized), each process reads its share of
-every minibatch; `reduce_across_workers` is the one place where gradients and the
+every minibatch. `reduce_across_workers` is the one place where gradients and the
 minibatch totals are summed, and only rank 0 writes progress.
 """
 
@@ -179,8 +179,8 @@ class Trainer:
         return totals
 
     def train_minibatch(self, minibatch) -> tuple[float, float, int]:
-        """Train on one minibatch and return its summed loss, error count and number of
-        sequences, over all workers.
+        """Train on one minibatch, advance the counters in `state`, and return the
+        minibatch's summed loss, error count and number of sequences over all workers.
 
         Raises:
             TrainingError: the loss is NaN or infinite; nothing was updated.
@@ -215,6 +215,9 @@ class Trainer:
                     "momentum", describe_value("Momentum", self.momentum_unit, momentum)
                 )
         self.optimizer.step(int(sequences), lr, momentum)
+        self.state.minibatches = number
+        self.state.samples_seen += int(sequences)
+        self.state.last_metric = error_sum / sequences if sequences else 0.0
         return loss_sum, error_sum, int(sequences)
 
     def train(self, minibatches: int | None = None) -> TrainState:
@@ -233,10 +236,7 @@ class Trainer:
                 if minibatch is None:
                     break
                 loss_sum, error_sum, sequences = self.train_minibatch(minibatch)
-                self.state.minibatches += 1
-                self.state.samples_seen += sequences
                 self.state.elapsed_seconds = elapsed_before + time.monotonic() - start
-                self.state.last_metric = error_sum / sequences if sequences else 0.0
                 self._record(loss_sum, error_sum, sequences, minibatch.end_of_sweep)
                 if progress_bar is not None:
                     progress_bar.update(1)
