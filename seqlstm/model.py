@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqlstm.embedding import SparseEmbedding
+from seqlstm.lstm import LSTM
+from seqlstm.packing import pack_order
 
 INITS = ("cntk", "torch")
 
@@ -57,8 +59,6 @@ class SequenceClassifier(nn.Module):
         device=None,
     ):
         super().__init__()
-        from seqlstm.lstm import LSTM
-
         if init not in INITS:
             raise ValueError(f"init must be 'cntk' or 'torch', got {init!r}")
         self.config = dict(
@@ -108,8 +108,6 @@ class SequenceClassifier(nn.Module):
         Returns:
             (N, C) logits, in the order of `lengths`.
         """
-        from seqlstm.packing import pack_order
-
         order = pack_order(lengths.cpu())
         device = indices.device
         embedded = self.embedding(
