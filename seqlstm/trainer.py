@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from seqlstm.checkpoint import load_checkpoint, save_checkpoint
 from seqlstm.learner import CNTKSGD, Schedule, describe_value
@@ -73,16 +74,24 @@ def make_batch(minibatch, device) -> Batch:
     )
 
 
-def cross_entropy_with_softmax(logits: torch.Tensor, labels: torch.Tensor):
-    """Return CNTK's per-sequence loss logsumexp(z) - sum_k y_k z_k, shape (N,); for a
-    one-hot y this is -log softmax(z)[label]."""
-    return torch.logsumexp(logits, dim=1) - (labels * logits).sum(dim=1)
+def loss_and_errors(logits: torch.Tensor, labels: torch.Tensor):
+    """Return the summed loss and the number of misclassified sequences, as 0-d tensors.
 
+    The loss is CNTK's cross_entropy_with_softmax, -log softmax(z)[class], and an
+    error is argmax z != class, CNTK's classification_error. The class of a one-hot
+    label row y is argmax y, with ties to the lowest index in both argmaxes as in
+    CNTK's ClassificationErrorNode.
 
-def classification_error(logits: torch.Tensor, labels: torch.Tensor):
-    """Return 1.0 where argmax z differs from argmax y, else 0.0, shape (N,). Ties go
-    to the lowest index in both, as in CNTK's ClassificationErrorNode."""
-    return (logits.argmax(dim=1) != labels.argmax(dim=1)).to(logits.dtype)
+    Args:
+        logits: (N, C) model output.
+        labels: (N, C) one-hot label rows.
+    """
+    # NOTE: a label row that is not one-hot counts as its argmax class, where CNTK
+    # would compute logsumexp(z) - sum_k y_k z_k with the row as it is.
+    classes = labels.argmax(dim=1)
+    loss = F.cross_entropy(logits, classes, reduction="sum")
+    errors = (logits.detach().argmax(dim=1) != classes).sum()
+    return loss, errors
 
 
 def distributed_world() -> tuple[int, int]:
@@ -166,17 +175,23 @@ class Trainer:
         self.state = TrainState()
 
     # Gradient and totals reduction: the one place where workers exchange data.
-    def reduce_across_workers(self, totals: torch.Tensor) -> torch.Tensor:
-        """Sum the gradients and `totals` (loss sum, error count, sequences) over all
-        workers; with one process this returns `totals` unchanged."""
+    def reduce_across_workers(self, loss_sum, error_sum, sequences):
+        """Sum the gradients and the minibatch totals over all workers and return the
+        totals as floats; with one process only the conversion to float remains."""
         if self.world_size == 1:
-            return totals
+            return float(loss_sum), float(error_sum), float(sequences)
+        totals = torch.tensor(
+            [float(loss_sum), float(error_sum), float(sequences)],
+            dtype=torch.float64,
+            device=self.device,
+        )
         for param in self.trained_parameters:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad)
         dist.all_reduce(totals)
-        return totals
+        loss_sum, error_sum, sequences = totals.tolist()
+        return loss_sum, error_sum, sequences
 
     def train_minibatch(self, minibatch) -> tuple[float, float, int]:
         """Train on one minibatch, advance the counters in `state`, and return the
@@ -186,18 +201,16 @@ class Trainer:
             TrainingError: the loss is NaN or infinite; nothing was updated.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        loss_sum, error_sum, sequences = 0.0, 0.0, 0
         if minibatch.num_sequences > 0:
             batch = make_batch(minibatch, self.device)
             logits = self.model(batch.indices, batch.values, batch.offsets, batch.lengths)
-            loss = cross_entropy_with_softmax(logits, batch.labels).sum()
+            loss, errors = loss_and_errors(logits, batch.labels)
             loss.backward()
-            errors = classification_error(logits.detach(), batch.labels).sum()
-            totals[0] = loss.detach()
-            totals[1] = errors
-            totals[2] = batch.num_sequences
-        totals = self.reduce_across_workers(totals)
-        loss_sum, error_sum, sequences = totals.tolist()
+            loss_sum, error_sum, sequences = loss.item(), errors.item(), batch.num_sequences
+        loss_sum, error_sum, sequences = self.reduce_across_workers(
+            loss_sum, error_sum, sequences
+        )
         number = self.state.minibatches + 1
         if not math.isfinite(loss_sum):
             raise TrainingError(
@@ -339,8 +352,9 @@ def evaluate(model, reader, minibatch_size: int = 200, device="cpu"):
                 continue
             batch = make_batch(minibatch, device)
             logits = model(batch.indices, batch.values, batch.offsets, batch.lengths)
-            loss_sum += float(cross_entropy_with_softmax(logits, batch.labels).sum())
-            error_sum += float(classification_error(logits, batch.labels).sum())
+            loss, errors = loss_and_errors(logits, batch.labels)
+            loss_sum += loss.item()
+            error_sum += errors.item()
             sequences += batch.num_sequences
     model.train(was_training)
     return loss_sum, error_sum, sequences
