@@ -59,7 +59,8 @@ def write_ctf(path, lines):
 
 
 def test_main_job_end_to_end(capsys):
-    status, out, _ = run_cli(["train", "--seed", SEED], capsys)
+    # No options: CNTK's tutorial settings on the shipped Train.ctf, seed 0.
+    status, out, _ = run_cli(["train"], capsys)
     assert status == 0
     lines = out.splitlines()
     assert lines[:3] == HEADER.split("\n")
@@ -425,3 +426,49 @@ def test_tensorboard_scalars(tmp_path, capsys):
     assert len(losses) == 4
     assert len(events.Scalars("metric")) == 4
     assert abs(losses[0].value - math.log(5)) < 0.1
+
+
+def test_lr_schedule_reports_each_change(capsys):
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 30, "--lr", "0.001*1:0.0005", "--schedule-unit", 500],
+        capsys,
+    )
+    assert status == 0
+    reports = [l for l in out.splitlines() if l.startswith("Learning rate")]
+    assert reports == [
+        "Learning rate per 1 samples: 0.001",
+        "Learning rate per 1 samples: 0.0005",
+    ]
+
+
+def test_lr_per_minibatch_report(capsys):
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 2, "--lr", 0.02, "--lr-unit", "minibatch"], capsys
+    )
+    assert status == 0
+    assert "Learning rate per minibatch: 0.02" in out.splitlines()
+
+
+def test_momentum_reported_and_trains(capsys):
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 15, "--momentum", 0.9], capsys
+    )
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[3:5] == [
+        "Learning rate per 1 samples: 0.0005",
+        "Momentum per minibatch: 0.9",
+    ]
+    assert len(progress_lines(out)) == 4
+
+
+def test_progress_bar_only_on_terminal(monkeypatch, capsys):
+    from seqlstm import trainer
+
+    assert trainer._progress_bar(10, 0) is None  # stderr is captured, not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = trainer._progress_bar(10, 3)
+    assert bar is not None
+    assert bar.n == 3
+    assert bar.total == 10
+    bar.close()
