@@ -46,7 +46,7 @@ STATE_VERSION = 1
 MAX_LOGGED_WARNINGS = 100
 
 
-@dataclass
+@dataclass(eq=False)
 class StreamBatch:
     """The samples of one stream in a minibatch, sequence-major.
 
@@ -74,7 +74,7 @@ class StreamBatch:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Minibatch:
     """Whole sequences of one minibatch, this worker's share of them.
 
@@ -111,7 +111,7 @@ class Minibatch:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Window:
     """Sequences of one randomization window, in the order the sweep visits them."""
 
