@@ -447,3 +447,16 @@ def test_missing_file_raises(tmp_path):
 def test_directory_raises(tmp_path):
     with pytest.raises(OSError, match=re.escape(str(tmp_path))):
         read_ctf(tmp_path, STREAMS)
+
+
+def test_invalid_utf8_byte_escaped_in_message(write):
+    path = write(b"0 |x 560\x80:1 |y 1 0 0 0 0\n")
+    with pytest.raises(ValueError, match=at(path, 1)) as error:
+        read_ctf(path, STREAMS)
+    assert "`560\\x80`" in str(error.value)
+
+
+def test_utf8_token_kept_in_message(write):
+    path = write("0 |x 1:1 |y 1 é 0 0 0\n")
+    with pytest.raises(ValueError, match=at(path, 1) + ".*invalid number `é`"):
+        read_ctf(path, STREAMS)
