@@ -1,4 +1,6 @@
-"""Fuzz the CTF parser with atheris: `python tests/fuzz/fuzz_ctf.py -runs=100000`.
+"""Fuzz the CTF parser with atheris. From the repository root, after an in-place build:
+
+    PYTHONPATH=. python tests/fuzz/fuzz_ctf.py -max_total_time=60
 
 Each input is read with read_ctf and with CTFReader. Reading may succeed or raise
 ValueError with a `path:line:` message; any other exception, or a crash of the
