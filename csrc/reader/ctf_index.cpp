@@ -32,7 +32,7 @@ int64_t check_file_start(const MappedFile& file, bool* has_ids) {
     begin = 3;
   }
   if (begin == size) {
-    throw line_error(path, 1, "the file is empty; a CTF file needs at least one sequence");
+    throw line_error(path, 1, "the file is empty: it contains no sequences");
   }
   if (size - begin >= 2 && (bytes[begin] == 0 || bytes[begin + 1] == 0)) {
     throw line_error(path, 1,
@@ -109,7 +109,7 @@ FileIndex index_file(const MappedFile& file, int64_t chunk_size) {
                                 std::to_string(chunk_size));
   }
   if (file.size() == 0) {
-    throw line_error(file.path(), 1, "the file is empty; a CTF file needs at least one sequence");
+    throw line_error(file.path(), 1, "the file is empty: it contains no sequences");
   }
   FileIndex index;
   index.data_begin = check_file_start(file, &index.has_ids);
