@@ -119,7 +119,9 @@ def add_runtime_options(parser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for torch operators (default: torch's choice)",
+        help="CPU threads for torch operators (default: torch's choice). The "
+        "tutorial's model is small enough that 1 thread is often fastest, and much "
+        "faster when other processes compete for the cores",
     )
 
 
@@ -334,14 +336,15 @@ def _add_output_options(parser) -> None:
     )
 
 
-def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0):
-    """Create the CTFReader of the input and label streams for `path`."""
+def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=True):
+    """Create the CTFReader of the input and label streams for `path`. With `shard`,
+    each process of a distributed run reads its own share of every minibatch."""
     from seqlstm.reader import CTFReader, StreamSpec
     from seqlstm.trainer import distributed_world
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    rank, world_size = distributed_world()
+    rank, world_size = distributed_world() if shard else (0, 1)
     streams = {
         "features": StreamSpec(args.input_stream, args.input_dim, True),
         "labels": StreamSpec(args.label_stream, args.label_dim, False),
@@ -378,7 +381,7 @@ def run_train(args) -> None:
     from seqlstm.metrics_log import MetricsLog, TensorBoardLog
     from seqlstm.model import SequenceClassifier
     from seqlstm.progress import ProgressPrinter
-    from seqlstm.trainer import Trainer, evaluate
+    from seqlstm.trainer import Trainer, distributed_world, evaluate
 
     if args.resume and args.checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir")
@@ -427,6 +430,10 @@ def run_train(args) -> None:
         if args.tensorboard is not None:
             tensorboard = TensorBoardLog(args.tensorboard)
             cleanup.callback(tensorboard.close)
+        # The table is written by one process only, header included.
+        printer = None
+        if distributed_world()[0] == 0:
+            printer = ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps)
         trainer = Trainer(
             model,
             reader,
@@ -436,7 +443,7 @@ def run_train(args) -> None:
             momentum_unit=args.momentum_unit,
             unit_gain=not args.no_unit_gain,
             minibatch_size=args.minibatch_size,
-            printer=ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps),
+            printer=printer,
             metrics_log=metrics_log,
             tensorboard=tensorboard,
             checkpoint_dir=args.checkpoint_dir,
@@ -452,7 +459,9 @@ def run_train(args) -> None:
         save_model(model, args.save)
         logger.info("model written to %s", args.save)
     if args.eval_data is not None and trainer.rank == 0:
-        eval_reader = make_reader(args, args.eval_data, randomize=False, max_sweeps=1)
+        eval_reader = make_reader(
+            args, args.eval_data, randomize=False, max_sweeps=1, shard=False
+        )
         print_evaluation(evaluate(model, eval_reader, args.minibatch_size, device))
 
 
@@ -483,7 +492,7 @@ def run_eval(args) -> None:
             f"and {args.label_dim}"
         )
     data = args.data if args.data is not None else default_data_path()
-    reader = make_reader(args, data, randomize=False, max_sweeps=1)
+    reader = make_reader(args, data, randomize=False, max_sweeps=1, shard=False)
     print_evaluation(evaluate(model, reader, args.minibatch_size, device))
 
 
