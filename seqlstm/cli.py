@@ -16,6 +16,30 @@ from pathlib import Path
 logger = logging.getLogger("seqlstm")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Log handler that writes to whatever sys.stderr is at the time of each record, so
+    that a redirected stderr (as in tests) receives the records."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(verbose: bool) -> None:
+    """Send the package's log records to stderr as `seqlstm: message` lines."""
+    package_logger = logging.getLogger("seqlstm")
+    package_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, StderrHandler) for h in package_logger.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("seqlstm: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+
+
 class UsageError(Exception):
     """An invalid combination of options."""
 
@@ -395,8 +419,9 @@ def run_train(args) -> None:
         minibatches = 255
     device = setup_runtime(args)
     data = args.data if args.data is not None else default_data_path()
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"{data}: file not found")
+    for path in (data, args.eval_data):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: file not found")
 
     torch.manual_seed(args.seed)
     model_config = dict(
@@ -453,7 +478,13 @@ def run_train(args) -> None:
         )
         if args.resume:
             trainer.resume()
-        trainer.train(minibatches)
+        state = trainer.train(minibatches)
+    logger.info(
+        "trained %d minibatches, %d sequences, in %.2f s",
+        state.minibatches,
+        state.samples_seen,
+        state.elapsed_seconds,
+    )
 
     if args.save is not None and trainer.rank == 0:
         save_model(model, args.save)
@@ -507,11 +538,7 @@ def run_plot(args) -> None:
 def main(argv=None) -> int:
     """Run the `seqlstm` command; return the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="seqlstm: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     commands = {"train": run_train, "eval": run_eval, "plot": run_plot}
     from seqlstm.trainer import TrainingError
 

@@ -14,7 +14,12 @@ def run_main(argv, capsys):
 
 def assert_one_line_error(status, err, fragment):
     assert status == 1
-    lines = err.strip().splitlines()
+    # Status lines (`seqlstm: ` and no "error:") may precede the error.
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.startswith("seqlstm: error:") or not line.startswith("seqlstm: ")
+    ]
     assert len(lines) == 1, err
     assert fragment in lines[0]
 
@@ -114,7 +119,7 @@ def test_module_entry_point_bad_option():
         text=True,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert result.stderr.splitlines() == [
         "seqlstm: error: unrecognized arguments: --no-such-flag"
     ]
     assert "Traceback" not in result.stderr

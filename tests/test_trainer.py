@@ -35,6 +35,16 @@ def run_cli(argv, capsys):
     return status, captured.out, captured.err
 
 
+def error_lines(err):
+    """Return the lines of stderr other than the `seqlstm: ` status lines, plus the
+    error lines; a user error must leave exactly one."""
+    return [
+        line
+        for line in err.splitlines()
+        if line.startswith("seqlstm: error:") or not line.startswith("seqlstm: ")
+    ]
+
+
 def progress_lines(out):
     """Return the numeric rows of the progress table as lists of floats."""
     rows = []
@@ -160,7 +170,7 @@ def test_label_error_cli_one_line(tmp_path, capsys):
     )
     status, _, err = run_cli(["train", "--data", path, "--minibatches", 1], capsys)
     assert status == 1
-    assert err.strip().splitlines() == [
+    assert error_lines(err) == [
         f"seqlstm: error: {path}:1: sequence 5 has 2 label samples, expected exactly 1 "
         "(one class per sequence)"
     ]
@@ -182,7 +192,7 @@ def test_nan_loss_stops_before_update(tmp_path, capsys):
         capsys,
     )
     assert status == 1
-    assert err.strip().splitlines() == [
+    assert error_lines(err) == [
         "seqlstm: error: minibatch 1: the loss is nan, so training stopped before "
         "updating the weights; lower the learning rate or check the input values"
     ]
@@ -472,3 +482,93 @@ def test_progress_bar_only_on_terminal(monkeypatch, capsys):
     assert bar.n == 3
     assert bar.total == 10
     bar.close()
+
+
+def test_eval_data_missing_before_training(tmp_path, capsys):
+    missing = tmp_path / "absent.ctf"
+    status, out, err = run_cli(["train", "--eval-data", missing], capsys)
+    assert status == 1
+    assert error_lines(err) == [f"seqlstm: error: {missing}: file not found"]
+    assert out == ""
+
+
+def test_input_dim_too_small_names_line(capsys):
+    status, _, err = run_cli(["train", "--input-dim", 10, "--minibatches", 1], capsys)
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert f"{cli.default_data_path()}:" in err
+    assert "10" in err
+
+
+def test_label_dim_mismatch_names_line(capsys):
+    status, _, err = run_cli(["train", "--label-dim", 3, "--minibatches", 1], capsys)
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert f"{cli.default_data_path()}:" in err
+    assert "stream `y` has 5 values, but its dimension is 3" in err
+
+
+def test_unknown_label_stream_names_alias(capsys):
+    status, _, err = run_cli(["train", "--label-stream", "z", "--minibatches", 1], capsys)
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert "`z`" in err
+
+
+def test_tensorboard_missing_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    status, _, err = run_cli(
+        ["train", "--minibatches", 1, "--tensorboard", tmp_path / "tb"], capsys
+    )
+    assert status == 1
+    assert error_lines(err) == [
+        "seqlstm: error: --tensorboard needs the tensorboard package; install it with "
+        "`pip install tensorboard`"
+    ]
+
+
+def test_plot_missing_matplotlib(tmp_path, monkeypatch, capsys):
+    log = write_ctf(
+        tmp_path / "metrics.jsonl",
+        ['{"minibatch": 1, "samples": 40, "loss": 1.6, "metric": 0.8, "seconds": 0.1}'],
+    )
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, _, err = run_cli(["plot", log, "-o", tmp_path / "c.png"], capsys)
+    assert status == 1
+    assert "plot needs matplotlib" in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_invalid_json_names_line(tmp_path, capsys):
+    log = write_ctf(
+        tmp_path / "metrics.jsonl",
+        ['{"minibatch": 1, "samples": 40, "loss": 1.6, "metric": 0.8}', "{not json"],
+    )
+    status, _, err = run_cli(["plot", log], capsys)
+    assert status == 1
+    assert f"{log}:2: invalid JSON" in err
+
+
+def test_plot_empty_log(tmp_path, capsys):
+    log = write_ctf(tmp_path / "metrics.jsonl", [])
+    status, _, err = run_cli(["plot", log], capsys)
+    assert status == 1
+    assert "has no records to plot" in err
+
+
+def test_eval_input_dim_mismatch(tmp_path, capsys):
+    saved = tmp_path / "model.pt"
+    assert run_cli(["train", "--minibatches", 1, "--save", saved], capsys)[0] == 0
+    status, _, err = run_cli(["eval", "--model", saved, "--input-dim", 3000], capsys)
+    assert status == 1
+    assert "was trained with --input-dim 2000" in err
+
+
+def test_resume_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    status, _, err = run_cli(
+        ["train", "--checkpoint-dir", tmp_path, "--resume"], capsys
+    )
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert f"{tmp_path / CHECKPOINT_NAME}: not a readable seqlstm-checkpoint file" in err
