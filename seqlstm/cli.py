@@ -341,8 +341,8 @@ def _add_output_options(parser) -> None:
     group.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint in --checkpoint-dir; the result is "
-        "bit-identical to a run that was never stopped",
+        help="continue from the checkpoint in --checkpoint-dir; with the same options "
+        "and thread count the result is bit-identical to a run that was never stopped",
     )
     group.add_argument(
         "--metrics-log",

@@ -173,6 +173,7 @@ class Trainer:
         self.config = dict(config or {})
         self.device = torch.device(device)
         self.state = TrainState()
+        self.checkpointed_minibatch = None  # minibatch of the last checkpoint written
 
     # Gradient and totals reduction: the one place where workers exchange data.
     def reduce_across_workers(self, loss_sum, error_sum, sequences):
@@ -263,7 +264,7 @@ class Trainer:
                 progress_bar.close()
         if self.printer is not None:
             self.printer.write_final_error(self.state.last_metric)
-        if self.checkpoint_dir is not None:
+        if self.checkpointed_minibatch != self.state.minibatches:
             self.save_checkpoint()
         return self.state
 
@@ -307,6 +308,7 @@ class Trainer:
                 },
             },
         )
+        self.checkpointed_minibatch = self.state.minibatches
         logger.info("checkpoint after minibatch %d written to %s", self.state.minibatches, path)
 
     def resume(self) -> None:
