@@ -57,8 +57,10 @@ def make_batch(minibatch, device) -> Batch:
     """
     features = minibatch.streams[FEATURES]
     labels = minibatch.streams[LABELS]
-    bad = torch.nonzero(labels.lengths != 1).flatten()
-    if bad.numel() > 0:
+    # numpy on the reader's CPU tensors: one small check per minibatch without the
+    # per-operator overhead of torch.
+    bad = (labels.lengths.numpy() != 1).nonzero()[0]
+    if bad.size > 0:
         k = int(bad[0])
         raise ValueError(
             f"{minibatch.path}:{int(minibatch.lines[k])}: sequence "
