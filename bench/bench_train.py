@@ -44,7 +44,9 @@ class SeqlstmJob:
 
     def __init__(self, model, lr, device):
         # train_minibatch takes the minibatches directly, so the trainer needs no reader.
-        self.trainer = Trainer(model, reader=None, lr=Schedule.constant(lr), device=device)
+        self.trainer = Trainer(
+            model, reader=None, lr=Schedule.constant(lr), device=device
+        )
 
     def step(self, minibatch) -> float:
         loss_sum, _, sequences = self.trainer.train_minibatch(minibatch)
@@ -136,8 +138,12 @@ def main() -> None:
     )
     print(f"reading (once, not in the times below): {read_seconds:.3f} s")
     for name in ("seqlstm", "reference"):
-        print(f"{name:9}: {seconds[name]:.3f} s, last minibatch loss {losses[name]:.4f}")
-    print(f"speedup (reference / seqlstm): {seconds['reference'] / seconds['seqlstm']:.2f}x")
+        print(
+            f"{name:9}: {seconds[name]:.3f} s, last minibatch loss {losses[name]:.4f}"
+        )
+    print(
+        f"speedup (reference / seqlstm): {seconds['reference'] / seconds['seqlstm']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

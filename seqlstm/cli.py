@@ -166,7 +166,9 @@ def build_parser() -> ArgumentParser:
         "cross-entropy and SGD, as CNTK's sequence-classification example does. "
         "Defaults reproduce that example.",
     )
-    train.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
+    train.add_argument(
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
     add_data_options(train, randomized=True)
     _add_model_options(train)
     _add_training_options(train)
@@ -179,9 +181,14 @@ def build_parser() -> ArgumentParser:
         description="Evaluate a model written by `train --save` over one sweep of a "
         "CTF file, in file order, and print the average loss and error rate.",
     )
-    evaluate.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
     evaluate.add_argument(
-        "--model", required=True, metavar="PATH", help="model file written by train --save"
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="model file written by train --save",
     )
     add_data_options(evaluate, randomized=False)
     add_runtime_options(evaluate)
@@ -192,7 +199,9 @@ def build_parser() -> ArgumentParser:
         description="Draw loss and error rate against samples seen from a metrics log "
         "written by `train --metrics-log`.",
     )
-    plot.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
+    plot.add_argument(
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
     plot.add_argument("log", metavar="LOG", help="metrics log (JSON lines)")
     plot.add_argument(
         "-o",
@@ -413,7 +422,9 @@ def run_train(args) -> None:
     momentum = Schedule.parse(args.momentum, args.schedule_unit)
     for _, value in momentum.values:
         if not 0.0 <= value < 1.0:
-            raise UsageError(f"--momentum values must be in [0, 1), got {args.momentum}")
+            raise UsageError(
+                f"--momentum values must be in [0, 1), got {args.momentum}"
+            )
     minibatches = args.minibatches
     if minibatches is None and args.sweeps is None:
         minibatches = 255
@@ -424,16 +435,20 @@ def run_train(args) -> None:
             raise FileNotFoundError(f"{path}: file not found")
 
     torch.manual_seed(args.seed)
-    model_config = dict(
-        input_dim=args.input_dim,
-        num_classes=args.label_dim,
-        embedding_dim=args.embedding_dim,
-        hidden_size=args.hidden_size,
-        proj_size=args.proj_size,
-    )
+    model_config = {
+        "input_dim": args.input_dim,
+        "num_classes": args.label_dim,
+        "embedding_dim": args.embedding_dim,
+        "hidden_size": args.hidden_size,
+        "proj_size": args.proj_size,
+    }
     model = SequenceClassifier(**model_config, init=args.init, device=device)
     reader = make_reader(
-        args, data, randomize=not args.no_randomize, max_sweeps=args.sweeps, seed=args.seed
+        args,
+        data,
+        randomize=not args.no_randomize,
+        max_sweeps=args.sweeps,
+        seed=args.seed,
     )
     logger.info(
         "training on %s: %s, minibatch size %d, %s, lr %s per %s, device %s",

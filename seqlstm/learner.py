@@ -108,8 +108,14 @@ class CNTKSGD(torch.optim.Optimizer):
     ):
         for name, unit in (("lr_unit", lr_unit), ("momentum_unit", momentum_unit)):
             if unit not in UNITS:
-                raise ValueError(f"{name} must be 'sample' or 'minibatch', got {unit!r}")
-        defaults = dict(lr_unit=lr_unit, momentum_unit=momentum_unit, unit_gain=unit_gain)
+                raise ValueError(
+                    f"{name} must be 'sample' or 'minibatch', got {unit!r}"
+                )
+        defaults = {
+            "lr_unit": lr_unit,
+            "momentum_unit": momentum_unit,
+            "unit_gain": unit_gain,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -61,13 +61,13 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be 'cntk' or 'torch', got {init!r}")
-        self.config = dict(
-            input_dim=input_dim,
-            num_classes=num_classes,
-            embedding_dim=embedding_dim,
-            hidden_size=hidden_size,
-            proj_size=proj_size,
-        )
+        self.config = {
+            "input_dim": input_dim,
+            "num_classes": num_classes,
+            "embedding_dim": embedding_dim,
+            "hidden_size": hidden_size,
+            "proj_size": proj_size,
+        }
         self.embedding = SparseEmbedding(input_dim, embedding_dim, device=device)
         self.lstm = LSTM(embedding_dim, hidden_size, proj_size=proj_size, device=device)
         output_size = proj_size if proj_size > 0 else hidden_size

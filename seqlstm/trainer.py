@@ -29,7 +29,7 @@ LABELS = "labels"
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on, for example because the loss is no longer finite."""
+    """Error that stops training, such as a loss that is no longer finite."""
 
 
 @dataclass
@@ -61,11 +61,12 @@ def make_batch(minibatch, device) -> Batch:
     # per-operator overhead of torch.
     bad = (labels.lengths.numpy() != 1).nonzero()[0]
     if bad.size > 0:
-        k = int(bad[0])
+        position = int(bad[0])
         raise ValueError(
-            f"{minibatch.path}:{int(minibatch.lines[k])}: sequence "
-            f"{int(minibatch.sequence_ids[k])} has {int(labels.lengths[k])} label "
-            f"samples, expected exactly 1 (one class per sequence)"
+            f"{minibatch.path}:{int(minibatch.lines[position])}: sequence "
+            f"{int(minibatch.sequence_ids[position])} has "
+            f"{int(labels.lengths[position])} label samples, expected exactly 1 "
+            f"(one class per sequence)"
         )
     return Batch(
         indices=features.indices.to(device, non_blocking=True),
@@ -109,7 +110,7 @@ class TrainState:
 
     minibatches: int = 0  # minibatches trained so far
     samples_seen: int = 0  # sequences trained so far, across all workers
-    elapsed_seconds: float = 0.0  # training time of earlier runs, for the metrics log
+    elapsed_seconds: float = 0.0  # training time so far, resumed runs included
     last_metric: float = 0.0  # error rate of the last minibatch
 
 
@@ -151,7 +152,9 @@ class Trainer:
         if minibatch_size < 1:
             raise ValueError(f"minibatch_size must be at least 1, got {minibatch_size}")
         if checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+            raise ValueError(
+                f"checkpoint_every must be 0 or more, got {checkpoint_every}"
+            )
         self.model = model
         self.reader = reader
         self.lr = lr
@@ -180,7 +183,7 @@ class Trainer:
     # Gradient and totals reduction: the one place where workers exchange data.
     def reduce_across_workers(self, loss_sum, error_sum, sequences):
         """Sum the gradients and the minibatch totals over all workers and return the
-        totals as floats; with one process only the conversion to float remains."""
+        totals as floats. With one process it only converts the totals."""
         if self.world_size == 1:
             return float(loss_sum), float(error_sum), float(sequences)
         totals = torch.tensor(
@@ -207,25 +210,33 @@ class Trainer:
         loss_sum, error_sum, sequences = 0.0, 0.0, 0
         if minibatch.num_sequences > 0:
             batch = make_batch(minibatch, self.device)
-            logits = self.model(batch.indices, batch.values, batch.offsets, batch.lengths)
+            logits = self.model(
+                batch.indices, batch.values, batch.offsets, batch.lengths
+            )
             loss, errors = loss_and_errors(logits, batch.labels)
             loss.backward()
-            loss_sum, error_sum, sequences = loss.item(), errors.item(), batch.num_sequences
+            loss_sum, error_sum, sequences = (
+                loss.item(),
+                errors.item(),
+                batch.num_sequences,
+            )
         loss_sum, error_sum, sequences = self.reduce_across_workers(
             loss_sum, error_sum, sequences
         )
         number = self.state.minibatches + 1
         if not math.isfinite(loss_sum):
             raise TrainingError(
-                f"minibatch {number}: the loss is {loss_sum}, so training stopped before "
-                f"updating the weights; lower the learning rate or check the input values"
+                f"minibatch {number}: the loss is {loss_sum}. Training stopped before "
+                f"updating the weights. Lower the learning rate or check the input values"
             )
 
         sweep = minibatch.sweep
         lr = self.lr.value_at(self.state.samples_seen, sweep)
         momentum = self.momentum.value_at(self.state.samples_seen, sweep)
         if self.printer is not None:
-            self.printer.report_value("lr", describe_value("Learning rate", self.lr_unit, lr))
+            self.printer.report_value(
+                "lr", describe_value("Learning rate", self.lr_unit, lr)
+            )
             if momentum != 0.0 or "momentum" in self.printer.reported_values:
                 self.printer.report_value(
                     "momentum", describe_value("Momentum", self.momentum_unit, momentum)
@@ -311,7 +322,9 @@ class Trainer:
             },
         )
         self.checkpointed_minibatch = self.state.minibatches
-        logger.info("checkpoint after minibatch %d written to %s", self.state.minibatches, path)
+        logger.info(
+            "checkpoint after minibatch %d written to %s", self.state.minibatches, path
+        )
 
     def resume(self) -> None:
         """Restore model, learner, reader position, random state and counters from the

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -170,10 +171,11 @@ def test_label_error_cli_one_line(tmp_path, capsys):
     )
     status, _, err = run_cli(["train", "--data", path, "--minibatches", 1], capsys)
     assert status == 1
-    assert error_lines(err) == [
+    expected = (
         f"seqlstm: error: {path}:1: sequence 5 has 2 label samples, expected exactly 1 "
         "(one class per sequence)"
-    ]
+    )
+    assert error_lines(err) == [expected]
 
 
 def write_overflow_ctf(path):
@@ -192,10 +194,11 @@ def test_nan_loss_stops_before_update(tmp_path, capsys):
         capsys,
     )
     assert status == 1
-    assert error_lines(err) == [
-        "seqlstm: error: minibatch 1: the loss is nan, so training stopped before "
-        "updating the weights; lower the learning rate or check the input values"
-    ]
+    expected = (
+        "seqlstm: error: minibatch 1: the loss is nan. Training stopped before "
+        "updating the weights. Lower the learning rate or check the input values"
+    )
+    assert error_lines(err) == [expected]
     assert not (checkpoints / CHECKPOINT_NAME).exists()
     assert not saved.exists()
     assert " error:" not in out
@@ -206,8 +209,15 @@ def test_nan_loss_after_huge_step(tmp_path, capsys):
     # minibatch 2 is not finite. The checkpoint stays the one after minibatch 1.
     checkpoints = tmp_path / "checkpoints"
     status, _, err = run_cli(
-        ["train", "--lr", "1e36", "--checkpoint-dir", checkpoints,
-         "--checkpoint-every", 1],
+        [
+            "train",
+            "--lr",
+            "1e36",
+            "--checkpoint-dir",
+            checkpoints,
+            "--checkpoint-every",
+            1,
+        ],
         capsys,
     )
     assert status == 1
@@ -231,8 +241,14 @@ def test_nan_loss_leaves_weights_unchanged(tmp_path):
 
 def train_args(tmp_path, minibatches, extra=()):
     return [
-        "train", "--seed", SEED, "--minibatches", minibatches,
-        "--metrics-log", tmp_path / "metrics.jsonl", *extra,
+        "train",
+        "--seed",
+        SEED,
+        "--minibatches",
+        minibatches,
+        "--metrics-log",
+        tmp_path / "metrics.jsonl",
+        *extra,
     ]
 
 
@@ -265,8 +281,12 @@ def test_resume_in_process_bit_identical(tmp_path, capsys):
         assert torch.equal(ours[name], theirs[name]), name
     # The resumed table continues the unbroken one: its last line is the same.
     assert progress_lines(broken_out)[-1] == progress_lines(whole_out)[-1]
-    whole_log = [json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()]
-    broken_log = [json.loads(l) for l in (broken / "metrics.jsonl").read_text().splitlines()]
+    whole_log = [
+        json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()
+    ]
+    broken_log = [
+        json.loads(l) for l in (broken / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["minibatch"] for r in broken_log] == list(range(1, 41))
     assert [r["loss"] for r in broken_log] == [r["loss"] for r in whole_log]
 
@@ -280,14 +300,29 @@ def test_kill_and_resume_bit_identical(tmp_path, capsys):
     )
     assert status == 0
     env = dict(os.environ, PYTHONPATH=str(Path(cli.__file__).parents[1]))
-    base = [sys.executable, "-m", "seqlstm", "train", "--seed", str(SEED),
-            "--threads", "1"]
+    base = [
+        sys.executable,
+        "-m",
+        "seqlstm",
+        "train",
+        "--seed",
+        str(SEED),
+        "--threads",
+        "1",
+    ]
 
     checkpoints = tmp_path / "checkpoints"
-    resumable = base + ["--checkpoint-dir", str(checkpoints), "--checkpoint-every", "5",
-                        "--save", str(tmp_path / "resumed.pt")]
-    process = subprocess.Popen(resumable, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    resumable = base + [
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--checkpoint-every",
+        "5",
+        "--save",
+        str(tmp_path / "resumed.pt"),
+    ]
+    process = subprocess.Popen(
+        resumable, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (checkpoints / CHECKPOINT_NAME).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -298,7 +333,9 @@ def test_kill_and_resume_bit_identical(tmp_path, capsys):
     stopped_at = torch.load(checkpoints / CHECKPOINT_NAME, weights_only=False)
     assert 5 <= stopped_at["train_state"]["minibatches"] < 255
 
-    resumed = subprocess.run(resumable + ["--resume"], env=env, capture_output=True)
+    resumed = subprocess.run(
+        resumable + ["--resume"], env=env, capture_output=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     ours = load_model(tmp_path / "resumed.pt").state_dict()
     theirs = load_model(tmp_path / "whole.pt").state_dict()
@@ -385,10 +422,15 @@ def test_sweeps_stop_after_one_sweep(capsys):
 
 
 def test_progress_freq_lines(capsys):
-    status, out, _ = run_cli(["train", "--minibatches", 25, "--progress-freq", 10], capsys)
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 25, "--progress-freq", 10], capsys
+    )
     assert status == 0
     lines = [l for l in out.splitlines() if l.startswith(" Minibatch[")]
-    assert [l[:22] for l in lines] == [" Minibatch[   1-  10]:", " Minibatch[  11-  20]:"]
+    assert [l[:22] for l in lines] == [
+        " Minibatch[   1-  10]:",
+        " Minibatch[  11-  20]:",
+    ]
     assert "average" not in out
 
 
@@ -403,7 +445,7 @@ def test_metrics_log_records(tmp_path, capsys):
     assert set(records[0]) == {"minibatch", "samples", "loss", "metric", "seconds"}
     # samples counts sequences, the table's "examples".
     assert records[-1]["samples"] == int(progress_lines(out)[-1][4])
-    assert all(a["seconds"] <= b["seconds"] for a, b in zip(records, records[1:]))
+    assert all(a["seconds"] <= b["seconds"] for a, b in itertools.pairwise(records))
 
 
 def test_plot_writes_png(tmp_path, capsys):
@@ -440,7 +482,15 @@ def test_tensorboard_scalars(tmp_path, capsys):
 
 def test_lr_schedule_reports_each_change(capsys):
     status, out, _ = run_cli(
-        ["train", "--minibatches", 30, "--lr", "0.001*1:0.0005", "--schedule-unit", 500],
+        [
+            "train",
+            "--minibatches",
+            30,
+            "--lr",
+            "0.001*1:0.0005",
+            "--schedule-unit",
+            500,
+        ],
         capsys,
     )
     assert status == 0
@@ -460,9 +510,7 @@ def test_lr_per_minibatch_report(capsys):
 
 
 def test_momentum_reported_and_trains(capsys):
-    status, out, _ = run_cli(
-        ["train", "--minibatches", 15, "--momentum", 0.9], capsys
-    )
+    status, out, _ = run_cli(["train", "--minibatches", 15, "--momentum", 0.9], capsys)
     assert status == 0
     lines = out.splitlines()
     assert lines[3:5] == [
@@ -509,7 +557,9 @@ def test_label_dim_mismatch_names_line(capsys):
 
 
 def test_unknown_label_stream_names_alias(capsys):
-    status, _, err = run_cli(["train", "--label-stream", "z", "--minibatches", 1], capsys)
+    status, _, err = run_cli(
+        ["train", "--label-stream", "z", "--minibatches", 1], capsys
+    )
     assert status == 1
     assert len(error_lines(err)) == 1
     assert "`z`" in err
@@ -521,10 +571,11 @@ def test_tensorboard_missing_package(tmp_path, monkeypatch, capsys):
         ["train", "--minibatches", 1, "--tensorboard", tmp_path / "tb"], capsys
     )
     assert status == 1
-    assert error_lines(err) == [
+    expected = (
         "seqlstm: error: --tensorboard needs the tensorboard package; install it with "
         "`pip install tensorboard`"
-    ]
+    )
+    assert error_lines(err) == [expected]
 
 
 def test_plot_missing_matplotlib(tmp_path, monkeypatch, capsys):
@@ -571,4 +622,6 @@ def test_resume_corrupt_checkpoint(tmp_path, capsys):
     )
     assert status == 1
     assert len(error_lines(err)) == 1
-    assert f"{tmp_path / CHECKPOINT_NAME}: not a readable seqlstm-checkpoint file" in err
+    assert (
+        f"{tmp_path / CHECKPOINT_NAME}: not a readable seqlstm-checkpoint file" in err
+    )
