@@ -139,19 +139,17 @@ def read_ctf(path, streams) -> list[CtfSequence]:
     ctf_file = open_ctf(path)
     index = ctf_file.index(DEFAULT_CHUNK_SIZE)
     sequences: list[CtfSequence] = []
+    # Each chunk is parsed as one range, which the parser splits into sequences.
     for begin, end, first_line in zip(
         index["begin"], index["end"], index["first_line"]
     ):
-        table = ctf_file.scan_chunk(
-            index["has_ids"], int(begin), int(end), int(first_line)
-        )
         parsed = parse_tables(
             ctf_file,
             index["has_ids"],
             specs,
-            table["begin"],
-            table["end"],
-            table["first_line"],
+            [begin],
+            [end],
+            [first_line],
             max_skipped=0,
         )
         log_warnings(parsed)
