@@ -113,15 +113,20 @@ class Minibatch:
 
 @dataclass(eq=False)
 class _Window:
-    """Sequences of one randomization window, in the order the sweep visits them."""
+    """Sequences of one randomization window: their byte ranges, first lines and line
+    counts in file order, and the order in which the sweep visits them."""
 
     start: int  # position in the sweep of its first sequence
     chunks: np.ndarray  # chunk numbers it was built from
-    begin: np.ndarray  # int64 (sequences,) byte ranges and first lines
-    end: np.ndarray
-    first_line: np.ndarray
-    num_lines: np.ndarray
-    id: np.ndarray
+    begin: np.ndarray  # int64 (sequences,)
+    end: np.ndarray  # int64 (sequences,)
+    first_line: np.ndarray  # int64 (sequences,)
+    num_lines: np.ndarray  # int64 (sequences,)
+    order: np.ndarray | None  # int64 (sequences,) visit order, None for file order
+
+    def visit(self, first: int, last: int):
+        """Return the index of the sequences visited at positions [first, last)."""
+        return slice(first, last) if self.order is None else self.order[first:last]
 
 
 class CTFReader:
@@ -137,6 +142,11 @@ class CTFReader:
     NOTE: the windows are disjoint groups of chunks, not CNTK's window that slides by one
     chunk, and the shuffles use numpy's PCG64, not CNTK's mt19937_64, so the order
     differs from CNTK's while every sweep is still a permutation of all sequences.
+
+    Memory: about 40 bytes per sequence of the listed windows (the current one and at
+    most one before it), plus the mapped file pages of the chunks read from them. With
+    the defaults a window covers 4 GiB of text, so lower chunk_size or
+    randomization_window to read files larger than memory.
 
     Args:
         path: the CTF file.
@@ -258,7 +268,7 @@ class CTFReader:
             window = self._window_at(self._sweep, self._position)
             offset = self._position - window.start
             # Each sequence has at least one line, so num_samples sequences are enough.
-            candidates = window.num_lines[offset : offset + num_samples]
+            candidates = window.num_lines[window.visit(offset, offset + num_samples)]
             totals = np.cumsum(candidates) + taken_samples
             count = int(np.searchsorted(totals, num_samples, side="right"))
             if taken_sequences == 0:
@@ -277,7 +287,9 @@ class CTFReader:
                 break
 
         selected = {
-            name: np.concatenate([getattr(w, name)[a:b] for w, a, b in pieces])
+            name: np.concatenate(
+                [getattr(w, name)[w.visit(a, b)] for w, a, b in pieces]
+            )
             for name in ("begin", "end", "first_line", "num_lines")
         }
         share = slice(self.worker_rank, None, self.num_workers)
@@ -408,15 +420,18 @@ class CTFReader:
             )
             for c in chunks
         ]
-        columns = {
-            name: np.concatenate([t[name] for t in tables])
-            for name in ("begin", "end", "first_line", "num_lines", "id")
-        }
+        names = ("begin", "end", "first_line", "num_lines")
+        if len(tables) == 1:
+            columns = {name: tables[0][name] for name in names}
+        else:
+            columns = {
+                name: np.concatenate([t[name] for t in tables]) for name in names
+            }
+        order = None
         if self.randomize:
             generator = np.random.default_rng([self.seed, sweep, 1 + number])
-            permutation = generator.permutation(len(columns["begin"]))
-            columns = {name: column[permutation] for name, column in columns.items()}
-        return _Window(start=start, chunks=chunks, **columns)
+            order = generator.permutation(len(columns["begin"]))
+        return _Window(start=start, chunks=chunks, order=order, **columns)
 
     def _evict_windows(self) -> None:
         """Keep at most one other window, the one a minibatch may still be taking
