@@ -65,7 +65,7 @@ def generate_block(rng, lengths: np.ndarray, first_id: int, count: int) -> str:
 
 
 def generate_files(folder: str, megabytes: float, prefix_megabytes: float, seed: int):
-    """Write the benchmark file and a prefix of it; return both paths."""
+    """Write the benchmark file and a prefix of it, and return both paths."""
     rng = np.random.default_rng(seed)
     lengths = train_sequence_lengths()
     path = os.path.join(folder, "bench.ctf")
@@ -107,8 +107,8 @@ def rss_bytes(field: str) -> int:
 
 
 def parse_whole_file(path: str) -> tuple[int, dict]:
-    """Parse every sequence with the C++ parser, one chunk per call, releasing each
-    chunk's pages after it is parsed; return the sequence count and the last chunk's
+    """Parse every sequence with the C++ parser, one chunk per call, and release each
+    chunk's pages after it is parsed. Return the sequence count and the last chunk's
     result."""
     ctf_file = open_ctf(path)
     index = ctf_file.index(32 * 2**20)
@@ -135,8 +135,8 @@ def check_same_arrays(prefix_path: str) -> None:
     plain = parse_ctf_text(Path(prefix_path).read_text(), STREAMS)
     if len(plain["id"]) != sequences or sequences != len(parsed["id"]):
         raise SystemExit(
-            f"check failed: {sequences} sequences from C++, {len(plain['id'])} from Python "
-            "(the prefix must fit in one 32 MiB chunk)"
+            f"check failed: {sequences} sequences from C++, "
+            f"{len(plain['id'])} from Python (the prefix must fit in one 32 MiB chunk)"
         )
     if not np.array_equal(parsed["id"], plain["id"]):
         raise SystemExit("check failed: sequence ids differ")
@@ -168,8 +168,9 @@ def measure(label: str, size: int, function, *args) -> dict:
         "peak_mb": peak / MEGABYTE,
     }
     print(
-        f"| {label} | {row['megabytes']:.0f} | {sequences:,} | {row['mb_per_s']:.1f} | "
-        f"{row['mb_per_cpu_s']:.1f} | {row['sequences_per_s']:,.0f} | {row['peak_mb']:.0f} |",
+        f"| {label} | {row['megabytes']:.0f} | {sequences:,} | "
+        f"{row['mb_per_s']:.1f} | {row['mb_per_cpu_s']:.1f} | "
+        f"{row['sequences_per_s']:,.0f} | {row['peak_mb']:.0f} |",
         flush=True,
     )
     return row
@@ -202,7 +203,8 @@ def main() -> None:
         )
         size, prefix_size = os.path.getsize(path), os.path.getsize(prefix_path)
         print(
-            f"generated {size / MEGABYTE:.0f} MB in {time.perf_counter() - started:.0f} s",
+            f"generated {size / MEGABYTE:.0f} MB "
+            f"in {time.perf_counter() - started:.0f} s",
             file=sys.stderr,
         )
         print(f"command: python {' '.join(sys.argv)}")

@@ -54,8 +54,8 @@ class StreamBatch:
         lengths: int64 (N,), samples of this stream per sequence.
         values: float32, (nnz,) for a sparse stream, (samples, dim) for a dense one.
         indices: int64 (nnz,) for a sparse stream, None for a dense one.
-        offsets: int64 (samples + 1,) for a sparse stream, None for a dense one. Sample s
-            has the entries [offsets[s], offsets[s + 1]).
+        offsets: int64 (samples + 1,) for a sparse stream, None for a dense one.
+            Sample s has the entries [offsets[s], offsets[s + 1]).
     """
 
     lengths: torch.Tensor
@@ -133,15 +133,17 @@ class CTFReader:
     """Read minibatches of whole sequences from a CTF file, as CNTK's MinibatchSource
     with a CTFDeserializer does.
 
-    The file is indexed once into chunks of whole sequences, about chunk_size bytes each.
-    With randomize on, each sweep visits the chunks in a random order, and the sequences
-    of each group of randomization_window consecutive chunks in a random order too. Only
-    the groups in use are listed in memory and the file is memory-mapped, so files larger
-    than memory can be read. The same seed gives the same order in every run.
+    The file is indexed once into chunks of whole sequences, about chunk_size bytes
+    each. With randomize on, each sweep visits the chunks in a random order, and the
+    sequences of each group of randomization_window consecutive chunks in a random order
+    too. Only the groups in use are listed in memory and the file is memory-mapped, so
+    files larger than memory can be read. The same seed gives the same order in every
+    run.
 
-    NOTE: the windows are disjoint groups of chunks, not CNTK's window that slides by one
-    chunk, and the shuffles use numpy's PCG64, not CNTK's mt19937_64, so the order
-    differs from CNTK's while every sweep is still a permutation of all sequences.
+    NOTE: the windows are disjoint groups of chunks, where CNTK's window slides by one
+    chunk, and the shuffles use numpy's PCG64 in place of CNTK's mt19937_64. So the
+    order differs from CNTK's, while every sweep is still a permutation of all
+    sequences.
 
     Memory: about 40 bytes per sequence of the listed windows (the current one and at
     most one before it), plus the mapped file pages of the chunks read from them. With
@@ -158,9 +160,10 @@ class CTFReader:
         seed: seed of the shuffles. Sweep k uses seed and k, so sweeps differ.
         chunk_size: bytes per chunk; a chunk never splits a sequence.
         randomization_window: chunks per randomization window (CNTK's default is 128).
-        max_errors: malformed sequences to skip, each logged with its `path:line:`,
-            before an error is raised. 0 raises at the first malformed sequence, as CNTK's
-            default does. A declared stream missing from a sequence always raises.
+        max_errors: malformed sequences to skip, each logged with its
+            `path:line:`, before an error is raised. 0 raises at the first malformed
+            sequence, as CNTK's default does. A declared stream missing from a
+            sequence always raises.
         worker_rank, num_workers: this worker's shard. All workers form the same global
             minibatches; this one keeps the sequences at positions k with
             k % num_workers == worker_rank, and parses only those.
@@ -355,8 +358,9 @@ class CTFReader:
             expected = getattr(self, key)
             if state[key] != expected:
                 raise ValueError(
-                    f"state[{key!r}] is {state[key]!r}, but this reader has {expected!r}; "
-                    f"the saved position only applies to the same file and settings"
+                    f"state[{key!r}] is {state[key]!r}, "
+                    f"but this reader has {expected!r}. "
+                    f"The saved position applies only to the same file and settings"
                 )
         sweep, position = state["sweep"], state["position"]
         _check_int("state['sweep']", sweep, minimum=0)
@@ -372,9 +376,9 @@ class CTFReader:
         self._skipped_sequences = int(state["skipped_sequences"])
 
     # Sweep order --------------------------------------------------------------------
-    # Sweep k visits the chunks in the order permutation(seed, k), cut into windows of
-    # randomization_window chunks; window w lists its chunks' sequences and shuffles
-    # them with (seed, k, w). Every window is a function of (seed, k, w) alone, so
+    # Sweep k visits the chunks in the order permutation(seed, k), cut into windows
+    # of randomization_window chunks. Window w lists its chunks' sequences and
+    # shuffles them with (seed, k, w). Every window depends on (seed, k, w) alone, so
     # resuming needs only the sweep and the position within it.
 
     def _finished(self) -> bool:

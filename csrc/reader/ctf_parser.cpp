@@ -279,7 +279,7 @@ class SequenceParser {
         std::string message = "expected `|` and a stream name, found " +
                               text::quote(p, find_token_end(p, line_end));
         if (text::is_digit(*p) && samples_on_line == 0) {
-          message += "; a sequence id must start at the first column, with no blanks before it";
+          message += ". A sequence id must start at the first column, with no blanks before it";
         }
         fail(line, message);
       }
@@ -307,7 +307,7 @@ class SequenceParser {
       const size_t s = static_cast<size_t>(stream);
       if (last_line_[s] == line) {
         fail(line, stream_name(s) +
-                       " appears more than once on this line; a line holds at most one "
+                       " appears more than once on this line, but a line can hold only one "
                        "sample of each stream");
       }
       last_line_[s] = line;
@@ -319,7 +319,7 @@ class SequenceParser {
     if (samples_on_line == 0) {
       const std::string owner =
           has_ids_ ? "this line of sequence id " + std::to_string(id) : std::string("this line");
-      fail(line, owner + " has no sample of a declared stream; expected `|name values` "
+      fail(line, owner + " has no sample of a declared stream. Expected `|name values` "
                          "with one of the declared stream names");
     }
   }
@@ -348,7 +348,7 @@ class SequenceParser {
         fail(line, stream_name(s) + ": " + number_problem(status) + " " +
                        text::quote(p, token_end) +
                        (status == NumberStatus::invalid
-                            ? "; expected a decimal number such as 1, -0.5 or 2e-3"
+                            ? ". Expected a decimal number such as 1, -0.5 or 2e-3"
                             : ""));
       }
       if (count < dim) {
@@ -367,7 +367,7 @@ class SequenceParser {
       if (result_.warnings.size() < max_warning_messages) {
         result_.warnings.push_back(location(line) + stream_name(s) + " has " +
                                    std::to_string(count) + " of " + std::to_string(dim) +
-                                   " values; the missing values are set to 0");
+                                   " values, so the missing values are set to 0");
       }
     }
     return p;
@@ -397,7 +397,7 @@ class SequenceParser {
       if (status != NumberStatus::ok) {
         fail(line, stream_name(s) + ": " + number_problem(status) + " " +
                        text::quote(colon + 1, token_end) + " in " + text::quote(p, token_end) +
-                       "; expected index:value such as 17:1 or 3:-0.5");
+                       ". Expected index:value, such as 17:1 or 3:-0.5");
       }
       data.indices.push_back(index);
       data.values.push_back(value);
@@ -437,7 +437,7 @@ class SequenceParser {
                       size_t s) const {
     const int64_t dim = streams_[s].dim;
     const std::string valid_range =
-        "; valid indices are 0 to " + std::to_string(dim - 1) + " (dimension " +
+        ". Valid indices are 0 to " + std::to_string(dim - 1) + " (dimension " +
         std::to_string(dim) + ")";
     const char* p = begin;
     const bool negative = p < colon && *p == '-';
@@ -453,7 +453,7 @@ class SequenceParser {
     if (p != colon || p == digits_begin) {
       fail(line, stream_name(s) + ": invalid sparse index " + text::quote(begin, colon) +
                      " in " + text::quote(begin, token_end) +
-                     "; expected a non-negative integer before the `:`");
+                     ". Expected a non-negative integer before the `:`");
     }
     if (negative) {
       fail(line, stream_name(s) + ": sparse index " + std::string(begin, colon) +
@@ -479,7 +479,7 @@ class SequenceParser {
       if (samples_in_sequence_[s] == 0) {
         // Fatal in CNTK too, whatever maxErrors allows.
         throw CtfError(location(first_line) + owner + " has no sample of " + stream_name(s) +
-                       "; every declared stream needs at least one sample in each sequence");
+                       ". Every declared stream needs at least one sample in each sequence");
       }
       longest = std::max(longest, samples_in_sequence_[s]);
     }

@@ -242,7 +242,7 @@ TEST_CASE("ctf number grammar as in CNTK") {
 
 TEST_CASE("ctf grammar errors name the line") {
   EXPECT_EQ(parse_error("0 |x 1:1 |y 1\n\n"), "2: this line of sequence id 0 has no sample "
-                                               "of a declared stream; expected `|name values` "
+                                               "of a declared stream. Expected `|name values` "
                                                "with one of the declared stream names");
   EXPECT_TRUE(parse_error("0 |x 1:1 | y 1\n").rfind("1: `|` must be followed", 0) == 0);
   EXPECT_TRUE(parse_error(" 0 |x 1:1 |y 1\n").rfind("1: expected a sequence id", 0) == 0);
