@@ -1,5 +1,5 @@
-"""The files in tests/data/ctf_cases, each one a kind of input that users have fed to CTF
-readers, with the result that tests/data/ctf_cases/EXPECTED.md gives for it."""
+"""The files in tests/data/ctf_cases, each one a kind of input that users have fed to
+CTF readers, with the result that tests/data/ctf_cases/EXPECTED.md gives for it."""
 
 import logging
 import re

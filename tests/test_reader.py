@@ -1,5 +1,5 @@
-"""CTFReader: sweeps, randomization, packing by sample count, sharding and resume, checked
-on the shipped Train.ctf against a plain-Python reading of the same file."""
+"""CTFReader: sweeps, randomization, packing by sample count, sharding and resume,
+checked on the shipped Train.ctf against a plain-Python reading of the same file."""
 
 import logging
 import re
@@ -49,7 +49,7 @@ def minibatch_lines(minibatches) -> list[int]:
     return [line for m in minibatches for line in m.lines.tolist()]
 
 
-# Train.ctf statistics ------------------------------------------------------------------
+# Train.ctf statistics -----------------------------------------------------------------
 
 
 def test_train_statistics_match_plain_python(train_sequences):

@@ -43,7 +43,7 @@ def dense(sequence, name="labels") -> list[list[float]]:
     return sequence.streams[name].tolist()
 
 
-# Sequence ids --------------------------------------------------------------------------
+# Sequence ids -------------------------------------------------------------------------
 
 
 def test_ids_group_consecutive_lines(write):
@@ -104,7 +104,7 @@ def test_id_followed_by_text_raises(write):
         read_ctf(path, STREAMS)
 
 
-# Comments, names and aliases -----------------------------------------------------------
+# Comments, names and aliases ----------------------------------------------------------
 
 
 def test_comment_runs_to_next_bar(write):
@@ -173,7 +173,7 @@ def test_text_between_samples_raises(write):
         read_ctf(path, STREAMS)
 
 
-# Dense and sparse values ---------------------------------------------------------------
+# Dense and sparse values --------------------------------------------------------------
 
 
 def test_dense_values_parse_exactly(write):
@@ -280,7 +280,8 @@ def test_sparse_invalid_pair_raises(write, token, fragment):
 
 def test_jagged_streams_keep_own_lengths(write):
     path = write(
-        "0 |x 1:1 |y 1 0 0 0 0\n0 |x 2:1\n0 |x 3:1 |y 0 1 0 0 0\n1 |x 4:1 |y 0 0 1 0 0\n"
+        "0 |x 1:1 |y 1 0 0 0 0\n0 |x 2:1\n"
+        "0 |x 3:1 |y 0 1 0 0 0\n1 |x 4:1 |y 0 0 1 0 0\n"
     )
     reader = CTFReader(path, STREAMS, randomize=False, max_sweeps=1)
     minibatch = reader.next_minibatch(100)
@@ -304,7 +305,7 @@ def test_missing_stream_raises_even_when_lenient(write):
         reader.next_minibatch(100)
 
 
-# Lines: blank, long, line ends ---------------------------------------------------------
+# Lines: blank, long, line ends --------------------------------------------------------
 
 
 def test_blank_line_inside_file_raises(write):

@@ -21,7 +21,7 @@ pairs = st.lists(st.tuples(st.integers(0, SPARSE_DIM - 1), float32s), max_size=4
 
 @st.composite
 def sequences(draw, with_ids: bool):
-    """Draw one sequence: sparse pairs on every line and one dense sample on one line."""
+    """Draw a sequence: sparse pairs on every line and a dense sample on one line."""
     num_lines = draw(st.integers(1, 4)) if with_ids else 1
     return {
         "lines": [draw(pairs) for _ in range(num_lines)],

@@ -71,10 +71,16 @@ ctf::ParseResult parse_file(const ctf::MappedFile& file, int64_t chunk_size = 32
                               lines.data(), static_cast<int64_t>(begins.size()), max_skipped);
 }
 
+// Parses text as one range, which the parser splits into sequences.
 ctf::ParseResult parse_text(const std::string& text, int64_t max_skipped = 0) {
   TemporaryFile file(text);
   ctf::MappedFile mapped(file.path());
-  return parse_file(mapped, 32 << 20, max_skipped);
+  const ctf::FileIndex index = ctf::index_file(mapped, int64_t{1} << 40);
+  const int64_t begin = index.data_begin;
+  const int64_t end = mapped.size();
+  const int64_t line = 1;
+  return ctf::parse_sequences(mapped, index.has_ids, streams, &begin, &end, &line, 1,
+                              max_skipped);
 }
 
 // Returns the message of the CtfError that parsing `text` throws, or "" if none.
@@ -205,7 +211,7 @@ TEST_CASE("ctf lenient mode skips malformed sequences") {
       "2 |x 3:1 |y 0 1 0 0 0\n";
   const ctf::ParseResult result = parse_text(text, 1);
   EXPECT_EQ(result.id, (std::vector<int64_t>{0, 2}));
-  EXPECT_EQ(result.position, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(result.position, (std::vector<int64_t>{0, 0}));  // both from range 0
   EXPECT_EQ(result.streams[0].indices, (std::vector<int64_t>{1, 3}));
   EXPECT_EQ(result.streams[0].offsets, (std::vector<int64_t>{0, 1, 2}));
   EXPECT_EQ(result.streams[1].values, (std::vector<float>{1, 0, 0, 0, 0, 0, 1, 0, 0, 0}));
@@ -236,7 +242,7 @@ TEST_CASE("ctf number grammar as in CNTK") {
 
 TEST_CASE("ctf grammar errors name the line") {
   EXPECT_EQ(parse_error("0 |x 1:1 |y 1\n\n"), "2: this line of sequence id 0 has no sample "
-                                               "of a declared stream; expected `|name values` "
+                                               "of a declared stream. Expected `|name values` "
                                                "with one of the declared stream names");
   EXPECT_TRUE(parse_error("0 |x 1:1 | y 1\n").rfind("1: `|` must be followed", 0) == 0);
   EXPECT_TRUE(parse_error(" 0 |x 1:1 |y 1\n").rfind("1: expected a sequence id", 0) == 0);
@@ -285,4 +291,46 @@ TEST_CASE("ctf quote escapes bytes that are not UTF-8") {
   const std::string token = "a\x80\xc3\xa9\t\xed\xa0\x80";
   EXPECT_EQ(seqlstm::reader::text::quote(token.data(), token.data() + token.size()),
             std::string("`a\\x80\xc3\xa9\\x09\\xed\\xa0\\x80`"));
+}
+
+TEST_CASE("ctf whole-chunk ranges parse as scanned sequences") {
+  ctf::MappedFile file(test_data("../../seqlstm/data/Train.ctf"));
+  const ctf::ParseResult scanned = parse_file(file);
+  const ctf::FileIndex index = ctf::index_file(file, 10000);
+  std::vector<int64_t> begins, ends, lines;
+  for (const ctf::ChunkInfo& chunk : index.chunks) {
+    begins.push_back(chunk.begin);
+    ends.push_back(chunk.end);
+    lines.push_back(chunk.first_line);
+  }
+  const ctf::ParseResult ranged =
+      ctf::parse_sequences(file, true, streams, begins.data(), ends.data(), lines.data(),
+                           static_cast<int64_t>(begins.size()), 0);
+  EXPECT_EQ(ranged.id, scanned.id);
+  EXPECT_EQ(ranged.first_line, scanned.first_line);
+  EXPECT_EQ(ranged.num_lines, scanned.num_lines);
+  EXPECT_EQ(ranged.streams[0].indices, scanned.streams[0].indices);
+  EXPECT_EQ(ranged.streams[0].offsets, scanned.streams[0].offsets);
+  EXPECT_EQ(ranged.streams[1].values, scanned.streams[1].values);
+  EXPECT_EQ(ranged.position.back(), static_cast<int64_t>(index.chunks.size()) - 1);
+}
+
+TEST_CASE("ctf lenient mode resumes after a bad sequence in a range") {
+  // One range with the bad line in the middle of sequence 1, followed by its
+  // continuation lines, which must be skipped with it.
+  const ctf::ParseResult result = parse_text(
+      "0 |x 1:1 |y 1 0 0 0 0\n"
+      "1 |x 2:1 |y 1 0 0 0 0\n"
+      "1 |x 2000:1\n"
+      "|x 5:1\n"
+      "1 |x 6:1\n"
+      "2 |x 3:1 |y 0 1 0 0 0\n"
+      "2 |x 4:1\n",
+      1);
+  EXPECT_EQ(result.id, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(result.first_line, (std::vector<int64_t>{1, 6}));
+  EXPECT_EQ(result.num_lines, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(result.streams[0].indices, (std::vector<int64_t>{1, 3, 4}));
+  EXPECT_EQ(result.skipped.size(), size_t{1});
+  EXPECT_TRUE(result.skipped[0].find(":3: stream `x`") != std::string::npos);
 }
