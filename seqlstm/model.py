@@ -33,7 +33,7 @@ class SequenceClassifier(nn.Module):
     """Embedding, one LSTM layer with an optional projection, and a dense layer on the
     last step of each sequence.
 
-    CNTK's LSTM has one bias per gate. The LSTM here keeps torch.nn.LSTM's two bias
+    CNTK's LSTM has one bias vector. The LSTM here keeps torch.nn.LSTM's two bias
     vectors, so bias_hh_l0 is held at zero and frozen (requires_grad False) and
     bias_ih_l0 is the one trained bias.
 
@@ -77,7 +77,7 @@ class SequenceClassifier(nn.Module):
     def reset_parameters(self, init: str = "cntk") -> None:
         """Draw all weights again with `init` (see the class docstring)."""
         if init == "cntk":
-            for name, param in self.named_parameters():
+            for param in self.parameters():
                 if param.dim() == 2:
                     glorot_uniform_(param)
                 else:
