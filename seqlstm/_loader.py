@@ -19,8 +19,12 @@ def _build_record() -> dict:
 
 
 def load_extension():
-    """Import seqlstm._C, raising ImportError that says how to rebuild it when it is
-    missing or was built against another torch (naming both versions)."""
+    """Import seqlstm._C.
+
+    Raises:
+        ImportError: the extension is missing, or was built against another torch (the
+            message names both versions), with the command that rebuilds it.
+    """
     if importlib.util.find_spec("seqlstm._C") is None:
         raise ImportError(
             "seqlstm._C is not built. Build it from the seqlstm source folder with: "
