@@ -6,6 +6,7 @@ _C = load_extension()
 
 from seqlstm import ops  # noqa: E402  (registers fake kernels and autograd)
 from seqlstm.embedding import SparseEmbedding  # noqa: E402
+from seqlstm.reader import CTFReader, StreamSpec, read_ctf  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -16,4 +17,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["SparseEmbedding", "build_info"]
+__all__ = ["CTFReader", "SparseEmbedding", "StreamSpec", "build_info", "read_ctf"]
