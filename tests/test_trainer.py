@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -464,20 +465,47 @@ def test_plot_bad_log_names_line(tmp_path, capsys):
     assert f"{log}:1: a metrics record needs" in err
 
 
-def test_tensorboard_scalars(tmp_path, capsys):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+class RecordingSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter, which needs the tensorboard
+    package, and records the calls that TensorBoardLog makes."""
 
+    instances = []
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.scalars = []
+        self.closed = False
+        RecordingSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_scalars(tmp_path, monkeypatch, capsys):
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = RecordingSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    RecordingSummaryWriter.instances.clear()
+    log = tmp_path / "metrics.jsonl"
     logdir = tmp_path / "tb"
     status, _, _ = run_cli(
-        ["train", "--minibatches", 4, "--tensorboard", logdir], capsys
+        ["train", "--minibatches", 4, "--tensorboard", logdir, "--metrics-log", log],
+        capsys,
     )
     assert status == 0
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    losses = events.Scalars("loss")
-    assert len(losses) == 4
-    assert len(events.Scalars("metric")) == 4
-    assert abs(losses[0].value - math.log(5)) < 0.1
+    (writer,) = RecordingSummaryWriter.instances
+    assert writer.log_dir == str(logdir)
+    assert writer.closed
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    expected = []
+    for record in records:
+        expected.append(("loss", record["loss"], record["samples"]))
+        expected.append(("metric", record["metric"], record["samples"]))
+    assert writer.scalars == expected
+    assert abs(writer.scalars[0][1] - math.log(5)) < 0.1
 
 
 def test_lr_schedule_reports_each_change(capsys):
