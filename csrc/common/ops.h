@@ -26,6 +26,22 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output, const at::T
                                       const std::optional<at::Tensor>& output_order,
                                       int64_t num_embeddings, bool deterministic);
 
+// The same gather on CUDA. The index values are checked with one device-to-host
+// transfer before any kernel reads through them, so a bad index raises IndexError.
+at::Tensor embedding_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& indices,
+                                      const at::Tensor& offsets,
+                                      const std::optional<at::Tensor>& per_sample_weights,
+                                      const std::optional<at::Tensor>& output_order);
+
+// With `deterministic`, the CUDA backward sums duplicate indices in index order after a
+// stable sort, so repeated calls give bit-identical gradients. Without it, the backward
+// scatters with atomics, whose order varies between runs.
+at::Tensor embedding_bag_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+                                       const at::Tensor& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       const std::optional<at::Tensor>& output_order,
+                                       int64_t num_embeddings, bool deterministic);
+
 }  // namespace seqlstm
 
 namespace seqlstm {
