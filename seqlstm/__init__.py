@@ -6,6 +6,8 @@ _C = load_extension()
 
 from seqlstm import ops  # noqa: E402  (registers fake kernels and autograd)
 from seqlstm.embedding import SparseEmbedding  # noqa: E402
+from seqlstm.lstm import LSTM  # noqa: E402
+from seqlstm import packing  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -16,4 +18,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["SparseEmbedding", "build_info"]
+__all__ = ["LSTM", "SparseEmbedding", "build_info", "packing"]

@@ -52,3 +52,82 @@ torch.library.register_autograd(
     _embedding_bag_backward,
     setup_context=_embedding_bag_setup_context,
 )
+
+
+@torch.library.register_fake("seqlstm::lstm_forward")
+def _lstm_forward_fake(
+    input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr, algorithm=0
+):
+    total = input.shape[0]
+    batch_size = h_0.shape[0]
+    hidden_size = weight_hh.shape[0] // 4
+    proj_size = h_0.shape[1]
+    output = input.new_empty((total, proj_size))
+    h_n = input.new_empty((batch_size, proj_size))
+    c_n = input.new_empty((batch_size, hidden_size))
+    gates = input.new_empty((total, 4 * hidden_size))
+    cell = input.new_empty((total, hidden_size))
+    return output, h_n, c_n, gates, cell
+
+
+@torch.library.register_fake("seqlstm::lstm_backward")
+def _lstm_backward_fake(
+    grad_output, grad_h_n, grad_c_n, input, batch_sizes, h_0, c_0, weight_ih, weight_hh,
+    weight_hr, output, gates, cell, algorithm=0,
+):
+    grad_weight_hr = (
+        input.new_empty((0,)) if weight_hr is None else weight_hr.new_empty(weight_hr.shape)
+    )
+    return (
+        input.new_empty(input.shape),
+        h_0.new_empty(h_0.shape),
+        c_0.new_empty(c_0.shape),
+        weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty((weight_hh.shape[0],)),
+        grad_weight_hr,
+    )
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr, algorithm = inputs
+    out, h_n, c_n, gates, cell = output
+    ctx.has_bias = bias is not None
+    ctx.algorithm = algorithm
+    ctx.mark_non_differentiable(gates, cell)
+    ctx.save_for_backward(
+        input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr, out, gates, cell
+    )
+
+
+def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, grad_gates, grad_cell):
+    (input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr, output, gates,
+     cell) = ctx.saved_tensors
+    # Outputs that took no part in the loss arrive as None; the kernels take zeros.
+    if grad_output is None:
+        grad_output = torch.zeros_like(output)
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(h_0)
+    if grad_c_n is None:
+        grad_c_n = torch.zeros_like(c_0)
+    (grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
+     grad_weight_hr) = torch.ops.seqlstm.lstm_backward(
+        grad_output, grad_h_n, grad_c_n, input, batch_sizes, h_0, c_0, weight_ih,
+        weight_hh, weight_hr, output, gates, cell, ctx.algorithm,
+    )
+    return (
+        grad_input,
+        None,
+        grad_h_0,
+        grad_c_0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias if ctx.has_bias else None,
+        grad_weight_hr if weight_hr is not None else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "seqlstm::lstm_forward", _lstm_backward, setup_context=_lstm_setup_context
+)

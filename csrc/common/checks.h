@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 
 namespace seqlstm {
 
@@ -112,6 +113,122 @@ inline void check_embedding_bag_args(const at::Tensor& weight, const char* weigh
     TORCH_CHECK_VALUE(output_order.dim() == 1 && output_order.size(0) == offsets.size(0) - 1,
                       "output_order must have shape (num_samples,) = (", offsets.size(0) - 1,
                       ",), got ", shape_string(output_order.sizes()));
+  }
+}
+
+}  // namespace seqlstm
+
+namespace seqlstm {
+
+// Sizes of one LSTM layer and direction, as check_lstm_args derives them.
+struct LstmSizes {
+  int64_t total;        // rows of the packed input, sum(batch_sizes)
+  int64_t num_steps;    // L
+  int64_t batch_size;   // N = batch_sizes[0]
+  int64_t input_size;   // H_in
+  int64_t hidden_size;  // H
+  int64_t proj_size;    // P: weight_hr's rows, or H without a projection
+};
+
+// Checks the arguments of lstm_forward (and the inputs lstm_backward shares with it):
+//   input (total, H_in) floating, batch_sizes (L,) int64 on CPU with L >= 1, every
+//   entry positive, non-increasing and summing to total; h_0 (N, P), c_0 (N, H),
+//   weight_ih (4*H, H_in), weight_hh (4*H, P), bias (4*H,) or undefined, weight_hr
+//   (P, H) or undefined. Every floating tensor has input's dtype and device.
+// Reads batch_sizes, which PackedSequence keeps on the CPU for every device.
+inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& batch_sizes,
+                                 const at::Tensor& h_0, const at::Tensor& c_0,
+                                 const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                 const at::Tensor& bias, const at::Tensor& weight_hr) {
+  check_dim(input, "input", 2);
+  check_floating(input, "input");
+  check_dim(batch_sizes, "batch_sizes", 1);
+  check_dtype(batch_sizes, "batch_sizes", at::kLong);
+  check_device_type(batch_sizes, "batch_sizes", c10::DeviceType::CPU);
+  TORCH_CHECK_VALUE(batch_sizes.size(0) >= 1,
+                    "batch_sizes must have at least one step, got an empty tensor "
+                    "(an empty batch or sequences of length 0)");
+
+  LstmSizes sizes{};
+  sizes.num_steps = batch_sizes.size(0);
+  const at::Tensor batch_sizes_dense = batch_sizes.contiguous();
+  const int64_t* batch_size = batch_sizes_dense.const_data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t t = 0; t < sizes.num_steps; ++t) {
+    TORCH_CHECK_VALUE(batch_size[t] >= 1, "batch_sizes[", t, "] must be positive, got ",
+                      batch_size[t]);
+    TORCH_CHECK_VALUE(t == 0 || batch_size[t] <= batch_size[t - 1],
+                      "batch_sizes must be non-increasing, got batch_sizes[", t - 1, "] = ",
+                      batch_size[t - 1], " < batch_sizes[", t, "] = ", batch_size[t]);
+    total += batch_size[t];
+  }
+  sizes.batch_size = batch_size[0];
+  TORCH_CHECK_VALUE(input.size(0) == total, "input must have sum(batch_sizes) = ", total,
+                    " rows, got shape ", shape_string(input.sizes()));
+  sizes.total = total;
+  sizes.input_size = input.size(1);
+
+  check_dim(weight_hh, "weight_hh", 2);
+  TORCH_CHECK_VALUE(weight_hh.size(0) > 0 && weight_hh.size(0) % 4 == 0,
+                    "weight_hh must have shape (4*hidden_size, proj_size or hidden_size) with "
+                    "hidden_size >= 1, got ",
+                    shape_string(weight_hh.sizes()));
+  sizes.hidden_size = weight_hh.size(0) / 4;
+  const int64_t H = sizes.hidden_size;
+  sizes.proj_size = H;
+  if (weight_hr.defined()) {
+    check_dim(weight_hr, "weight_hr", 2);
+    TORCH_CHECK_VALUE(weight_hr.size(0) >= 1 && weight_hr.size(1) == H,
+                      "weight_hr must have shape (proj_size, hidden_size) = (P, ", H,
+                      ") with P >= 1, got ", shape_string(weight_hr.sizes()));
+    sizes.proj_size = weight_hr.size(0);
+  }
+  const int64_t P = sizes.proj_size;
+  const int64_t N = sizes.batch_size;
+  check_shape(weight_hh, "weight_hh", {4 * H, P}, "(4*hidden_size, proj_size or hidden_size)");
+  check_shape(weight_ih, "weight_ih", {4 * H, sizes.input_size},
+              "(4*hidden_size, input_size)");
+  check_shape(h_0, "h_0", {N, P}, "(batch_sizes[0], proj_size or hidden_size)");
+  check_shape(c_0, "c_0", {N, H}, "(batch_sizes[0], hidden_size)");
+  if (bias.defined()) {
+    check_shape(bias, "bias", {4 * H}, "(4*hidden_size,)");
+  }
+
+  const std::initializer_list<std::pair<const at::Tensor*, const char*>> same_as_input = {
+      {&h_0, "h_0"}, {&c_0, "c_0"}, {&weight_ih, "weight_ih"}, {&weight_hh, "weight_hh"},
+      {&bias, "bias"}, {&weight_hr, "weight_hr"}};
+  for (const auto& [tensor, name] : same_as_input) {
+    if (tensor->defined()) {
+      check_same_dtype(*tensor, name, input, "input");
+      check_same_device(*tensor, name, input, "input");
+    }
+  }
+  return sizes;
+}
+
+// Checks what lstm_backward takes beyond lstm_forward's arguments: the incoming
+// gradients and the saved forward results, each with the shape lstm_forward returns
+// and input's dtype and device.
+inline void check_lstm_backward_args(const LstmSizes& sizes, const at::Tensor& input,
+                                     const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                     const at::Tensor& grad_c_n, const at::Tensor& output,
+                                     const at::Tensor& gates, const at::Tensor& cell) {
+  const int64_t total = sizes.total;
+  const int64_t N = sizes.batch_size;
+  const int64_t H = sizes.hidden_size;
+  const int64_t P = sizes.proj_size;
+  check_shape(grad_output, "grad_output", {total, P}, "(sum(batch_sizes), proj_size or hidden_size)");
+  check_shape(grad_h_n, "grad_h_n", {N, P}, "(batch_sizes[0], proj_size or hidden_size)");
+  check_shape(grad_c_n, "grad_c_n", {N, H}, "(batch_sizes[0], hidden_size)");
+  check_shape(output, "output", {total, P}, "(sum(batch_sizes), proj_size or hidden_size)");
+  check_shape(gates, "gates", {total, 4 * H}, "(sum(batch_sizes), 4*hidden_size)");
+  check_shape(cell, "cell", {total, H}, "(sum(batch_sizes), hidden_size)");
+  const std::initializer_list<std::pair<const at::Tensor*, const char*>> same_as_input = {
+      {&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
+      {&output, "output"},           {&gates, "gates"},       {&cell, "cell"}};
+  for (const auto& [tensor, name] : same_as_input) {
+    check_same_dtype(*tensor, name, input, "input");
+    check_same_device(*tensor, name, input, "input");
   }
 }
 

@@ -1,0 +1,488 @@
+// LSTM forward and backward over a packed batch on CPU (the contract is in ops.h, the
+// cell math in lstm_cell.h).
+//
+// Forward: one GEMM projects the input of every step at once into the gates buffer
+// (total, 4*H). Then each step t adds h_{t-1} W_hh^T for its active rows only, the
+// first batch_sizes[t], and applies the cell math row by row. Backward runs the steps
+// in reverse, writes the gate gradients of every step into a (total, 4*H) buffer, and
+// computes the input and weight gradients from it with a few large GEMMs at the end.
+//
+// Two paths run the same arithmetic. The per-step path (algorithm 1) calls an ATen
+// GEMM per step and splits the cell math over threads. The small-hidden path
+// (algorithm 2) calls BLAS directly and runs the cell math on one thread, so a step
+// costs no operator dispatch; at H = 25 that overhead would exceed the arithmetic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/lstm_cell.h"
+#include "../common/ops.h"
+
+// Fortran BLAS entry points. torch's own BLAS (MKL in the x86 wheels) exports them from
+// libtorch_cpu; they are weak so that the extension still loads where it does not, and
+// the GEMMs then go through ATen.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace seqlstm {
+namespace {
+
+enum class Algorithm : int64_t { kByShape = 0, kPerStep = 1, kSmallHidden = 2 };
+
+// Row-major C (m, n) = alpha * op(A) op(B) + beta * C, with op(X) = X^T when trans_X.
+// lda, ldb and ldc are the row strides of A, B and C as stored.
+template <typename scalar_t>
+void gemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
+               const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
+               scalar_t* c, int64_t ldc) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  auto wrap = [&](const scalar_t* data, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor matrix = at::from_blob(const_cast<scalar_t*>(data), {trans ? cols : rows,
+                                      trans ? rows : cols}, {ld, 1}, options);
+    return trans ? matrix.t() : matrix;
+  };
+  const at::Tensor a_matrix = wrap(a, m, k, lda, trans_a);
+  const at::Tensor b_matrix = wrap(b, k, n, ldb, trans_b);
+  at::Tensor c_matrix = at::from_blob(c, {m, n}, {ldc, 1}, options);
+  if (beta == scalar_t(0)) {
+    c_matrix.copy_(at::mm(a_matrix, b_matrix).mul_(alpha));
+  } else {
+    c_matrix.addmm_(a_matrix, b_matrix, beta, alpha);
+  }
+}
+
+template <typename scalar_t>
+bool blas_available();
+template <>
+bool blas_available<float>() {
+  return sgemm_ != nullptr;
+}
+template <>
+bool blas_available<double>() {
+  return dgemm_ != nullptr;
+}
+
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+               const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+               const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+               const double* alpha, const double* a, const int* lda, const double* b,
+               const int* ldb, const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// The GEMMs of one call, through BLAS directly or through ATen.
+template <typename scalar_t>
+struct Gemm {
+  bool direct;
+
+  // Same contract as gemm_aten.
+  void operator()(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
+                  const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb,
+                  scalar_t beta, scalar_t* c, int64_t ldc) const {
+    if (m == 0 || n == 0) {
+      return;
+    }
+    if (k == 0) {
+      for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+          c[row * ldc + col] = beta == scalar_t(0) ? scalar_t(0) : beta * c[row * ldc + col];
+        }
+      }
+      return;
+    }
+    if (!direct) {
+      gemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major
+    // matrix read as column-major is its transpose, so BLAS gets B first, then A.
+    const int m_blas = static_cast<int>(n);
+    const int n_blas = static_cast<int>(m);
+    const int k_blas = static_cast<int>(k);
+    const int lda_blas = static_cast<int>(ldb);
+    const int ldb_blas = static_cast<int>(lda);
+    const int ldc_blas = static_cast<int>(ldc);
+    blas_gemm(trans_b ? "T" : "N", trans_a ? "T" : "N", &m_blas, &n_blas, &k_blas, &alpha, b,
+              &lda_blas, a, &ldb_blas, &beta, c, &ldc_blas);
+  }
+};
+
+// Runs body(begin, end) over [0, rows), split over threads on the per-step path when
+// the rows carry enough work.
+template <typename Body>
+void for_rows(bool parallel, int64_t rows, int64_t work_per_row, const Body& body) {
+  constexpr int64_t kMinWorkPerThread = 1 << 14;
+  if (parallel && rows * work_per_row >= 2 * kMinWorkPerThread) {
+    const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_row));
+    at::parallel_for(0, rows, grain, body);
+  } else {
+    body(0, rows);
+  }
+}
+
+bool use_direct_blas(Algorithm algorithm, bool blas) {
+  return algorithm == Algorithm::kSmallHidden && blas;
+}
+
+Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
+  TORCH_CHECK_VALUE(algorithm >= 0 && algorithm <= 2,
+                    "algorithm must be 0 (pick by shape), 1 (per-step path) or 2 (small-hidden "
+                    "path), got ",
+                    algorithm);
+  if (algorithm != 0) {
+    return static_cast<Algorithm>(algorithm);
+  }
+  // The recurrent GEMM of one step with every row active, in multiply-adds. Below this
+  // an ATen dispatch per step costs more than the threads it could bring.
+  constexpr int64_t kSmallStepWork = 1 << 20;
+  const int64_t step_work = sizes.batch_size * 4 * sizes.hidden_size * sizes.proj_size;
+  return step_work <= kSmallStepWork ? Algorithm::kSmallHidden : Algorithm::kPerStep;
+}
+
+// Start row of each step in the packed layout: offsets[t] = sum(batch_sizes[:t]).
+std::vector<int64_t> step_offsets(const at::Tensor& batch_sizes) {
+  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
+  std::vector<int64_t> offsets(batch_sizes.size(0) + 1, 0);
+  for (int64_t t = 0; t < batch_sizes.size(0); ++t) {
+    offsets[t + 1] = offsets[t] + batch_size[t];
+  }
+  return offsets;
+}
+
+// Packed row of the last step of every sequence, in sorted order: sequence n ends at
+// the last step t with batch_sizes[t] > n.
+std::vector<int64_t> last_rows(const at::Tensor& batch_sizes,
+                               const std::vector<int64_t>& offsets) {
+  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
+  const int64_t num_steps = batch_sizes.size(0);
+  std::vector<int64_t> rows(batch_size[0]);
+  for (int64_t t = 0; t < num_steps; ++t) {
+    const int64_t next = t + 1 < num_steps ? batch_size[t + 1] : 0;
+    for (int64_t n = next; n < batch_size[t]; ++n) {
+      rows[n] = offsets[t] + n;
+    }
+  }
+  return rows;
+}
+
+template <typename scalar_t>
+void lstm_forward_kernel(Algorithm algorithm, const LstmSizes& sizes,
+                         const at::Tensor& batch_sizes, const at::Tensor& input,
+                         const at::Tensor& h_0, const at::Tensor& c_0,
+                         const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                         const at::Tensor& bias, const at::Tensor& weight_hr,
+                         at::Tensor& output, at::Tensor& h_n, at::Tensor& c_n,
+                         at::Tensor& gates, at::Tensor& cell) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = sizes.hidden_size;
+  const int64_t G = 4 * H;
+  const int64_t P = sizes.proj_size;
+  const int64_t H_in = sizes.input_size;
+  const bool projected = weight_hr.defined();
+  const bool parallel = algorithm == Algorithm::kPerStep;
+  const Gemm<scalar_t> gemm{use_direct_blas(algorithm, blas_available<scalar_t>())};
+
+  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
+  const std::vector<int64_t> offsets = step_offsets(batch_sizes);
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const scalar_t* w_ih = weight_ih.const_data_ptr<scalar_t>();
+  const scalar_t* w_hh = weight_hh.const_data_ptr<scalar_t>();
+  const scalar_t* w_hr = projected ? weight_hr.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* z = gates.data_ptr<scalar_t>();     // (total, 4*H): pre-activations, then gates
+  scalar_t* c_all = cell.data_ptr<scalar_t>();  // (total, H)
+  scalar_t* h_all = output.data_ptr<scalar_t>();  // (total, P)
+  at::Tensor raw_buffer = projected ? at::empty({sizes.batch_size, H}, input.options())
+                                    : at::Tensor();
+  scalar_t* raw = projected ? raw_buffer.data_ptr<scalar_t>() : nullptr;  // (N, H): r_t
+
+  // Input projection of every step, with the bias summed in.
+  if (bias.defined()) {
+    const scalar_t* b = bias.const_data_ptr<scalar_t>();
+    for (int64_t row = 0; row < sizes.total; ++row) {
+      std::copy(b, b + G, z + row * G);
+    }
+  }
+  gemm(false, true, sizes.total, G, H_in, scalar_t(1), x, H_in, w_ih, H_in,
+       bias.defined() ? scalar_t(1) : scalar_t(0), z, G);
+
+  for (int64_t t = 0; t < sizes.num_steps; ++t) {
+    const int64_t rows = batch_size[t];
+    scalar_t* z_t = z + offsets[t] * G;
+    const scalar_t* h_prev = t == 0 ? h_0.const_data_ptr<scalar_t>() : h_all + offsets[t - 1] * P;
+    const scalar_t* c_prev = t == 0 ? c_0.const_data_ptr<scalar_t>() : c_all + offsets[t - 1] * H;
+    scalar_t* c_t = c_all + offsets[t] * H;
+    scalar_t* h_t = h_all + offsets[t] * P;
+    scalar_t* r_t = projected ? raw : h_t;
+    const int64_t r_stride = projected ? H : P;
+
+    gemm(false, true, rows, G, P, scalar_t(1), h_prev, P, w_hh, P, scalar_t(1), z_t, G);
+
+    for_rows(parallel, rows, G, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        scalar_t* z_row = z_t + n * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const GateValues<acc_t> gate = activate_gates<acc_t>(
+              z_row[j], z_row[H + j], z_row[2 * H + j], z_row[3 * H + j]);
+          z_row[j] = gate.i;
+          z_row[H + j] = gate.f;
+          z_row[2 * H + j] = gate.g;
+          z_row[3 * H + j] = gate.o;
+          acc_t r;
+          c_t[n * H + j] = cell_forward<acc_t>(gate, c_prev[n * H + j], &r);
+          r_t[n * r_stride + j] = r;
+        }
+      }
+    });
+
+    if (projected) {
+      gemm(false, true, rows, P, H, scalar_t(1), raw, H, w_hr, H, scalar_t(0), h_t, P);
+    }
+  }
+
+  const std::vector<int64_t> last = last_rows(batch_sizes, offsets);
+  scalar_t* h_last = h_n.data_ptr<scalar_t>();
+  scalar_t* c_last = c_n.data_ptr<scalar_t>();
+  for (int64_t n = 0; n < sizes.batch_size; ++n) {
+    std::copy(h_all + last[n] * P, h_all + (last[n] + 1) * P, h_last + n * P);
+    std::copy(c_all + last[n] * H, c_all + (last[n] + 1) * H, c_last + n * H);
+  }
+}
+
+template <typename scalar_t>
+void lstm_backward_kernel(Algorithm algorithm, const LstmSizes& sizes,
+                          const at::Tensor& batch_sizes, const at::Tensor& grad_output,
+                          const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                          const at::Tensor& input, const at::Tensor& h_0, const at::Tensor& c_0,
+                          const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                          const at::Tensor& weight_hr, const at::Tensor& output,
+                          const at::Tensor& gates, const at::Tensor& cell,
+                          at::Tensor& grad_input, at::Tensor& grad_h_0, at::Tensor& grad_c_0,
+                          at::Tensor& grad_weight_ih, at::Tensor& grad_weight_hh,
+                          at::Tensor& grad_bias, at::Tensor& grad_weight_hr) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = sizes.hidden_size;
+  const int64_t G = 4 * H;
+  const int64_t P = sizes.proj_size;
+  const int64_t H_in = sizes.input_size;
+  const int64_t N = sizes.batch_size;
+  const int64_t total = sizes.total;
+  const bool projected = weight_hr.defined();
+  const bool parallel = algorithm == Algorithm::kPerStep;
+  const Gemm<scalar_t> gemm{use_direct_blas(algorithm, blas_available<scalar_t>())};
+
+  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
+  const std::vector<int64_t> offsets = step_offsets(batch_sizes);
+  const scalar_t* w_hh = weight_hh.const_data_ptr<scalar_t>();
+  const scalar_t* w_hr = projected ? weight_hr.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* gate_all = gates.const_data_ptr<scalar_t>();  // (total, 4*H)
+  const scalar_t* c_all = cell.const_data_ptr<scalar_t>();      // (total, H)
+  const scalar_t* h_all = output.const_data_ptr<scalar_t>();    // (total, P)
+  const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();  // (total, P)
+
+  at::Tensor grad_gates = at::empty({total, G}, input.options());
+  scalar_t* dz_all = grad_gates.data_ptr<scalar_t>();
+  // dh and dc carry the gradient of each sequence's h and c from step t+1 to step t.
+  // Rows of sequences that end at step t still hold grad_h_n and grad_c_n.
+  grad_h_0.copy_(grad_h_n);
+  grad_c_0.copy_(grad_c_n);
+  scalar_t* dh = grad_h_0.data_ptr<scalar_t>();  // (N, P)
+  scalar_t* dc = grad_c_0.data_ptr<scalar_t>();  // (N, H)
+  // With a projection, dh of every row is kept for grad_weight_hr, and dr = dh W_hr.
+  at::Tensor grad_hidden = projected ? at::empty({total, P}, input.options()) : at::Tensor();
+  at::Tensor grad_raw = projected ? at::empty({N, H}, input.options()) : at::Tensor();
+  scalar_t* dh_all = projected ? grad_hidden.data_ptr<scalar_t>() : nullptr;
+  scalar_t* dr = projected ? grad_raw.data_ptr<scalar_t>() : dh;
+  const int64_t dr_stride = projected ? H : P;
+
+  for (int64_t t = sizes.num_steps - 1; t >= 0; --t) {
+    const int64_t rows = batch_size[t];
+    const int64_t row0 = offsets[t];
+    const scalar_t* c_prev =
+        t == 0 ? c_0.const_data_ptr<scalar_t>() : c_all + offsets[t - 1] * H;
+
+    for (int64_t n = 0; n < rows; ++n) {
+      for (int64_t k = 0; k < P; ++k) {
+        dh[n * P + k] += grad_out[(row0 + n) * P + k];
+      }
+    }
+    if (projected) {
+      std::copy(dh, dh + rows * P, dh_all + row0 * P);
+      gemm(false, false, rows, H, P, scalar_t(1), dh, P, w_hr, H, scalar_t(0), dr, H);
+    }
+
+    for_rows(parallel, rows, G, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* gate_row = gate_all + (row0 + n) * G;
+        const scalar_t* c_row = c_all + (row0 + n) * H;
+        scalar_t* dz_row = dz_all + (row0 + n) * G;
+        for (int64_t j = 0; j < H; ++j) {
+          const GateValues<acc_t> gate{gate_row[j], gate_row[H + j], gate_row[2 * H + j],
+                                       gate_row[3 * H + j]};
+          const CellGrad<acc_t> grad = cell_backward<acc_t>(
+              gate, c_row[j], c_prev[n * H + j], dr[n * dr_stride + j], dc[n * H + j]);
+          dz_row[j] = grad.dz_i;
+          dz_row[H + j] = grad.dz_f;
+          dz_row[2 * H + j] = grad.dz_g;
+          dz_row[3 * H + j] = grad.dz_o;
+          dc[n * H + j] = grad.dc_prev;
+        }
+      }
+    });
+
+    gemm(false, false, rows, P, G, scalar_t(1), dz_all + row0 * G, G, w_hh, P, scalar_t(0), dh,
+         P);
+  }
+
+  // Gradients that sum over every step, from the saved gate gradients.
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  gemm(false, false, total, H_in, G, scalar_t(1), dz_all, G, weight_ih.const_data_ptr<scalar_t>(),
+       H_in, scalar_t(0), grad_input.data_ptr<scalar_t>(), H_in);
+  gemm(true, false, G, H_in, total, scalar_t(1), dz_all, G, x, H_in, scalar_t(0),
+       grad_weight_ih.data_ptr<scalar_t>(), H_in);
+
+  // h_{t-1} of every packed row: h_0 for step 0, the previous step's output after it.
+  at::Tensor hidden_prev = at::empty({total, P}, input.options());
+  scalar_t* h_prev_all = hidden_prev.data_ptr<scalar_t>();
+  std::copy(h_0.const_data_ptr<scalar_t>(), h_0.const_data_ptr<scalar_t>() + N * P, h_prev_all);
+  for (int64_t t = 1; t < sizes.num_steps; ++t) {
+    std::copy(h_all + offsets[t - 1] * P, h_all + (offsets[t - 1] + batch_size[t]) * P,
+              h_prev_all + offsets[t] * P);
+  }
+  gemm(true, false, G, P, total, scalar_t(1), dz_all, G, h_prev_all, P, scalar_t(0),
+       grad_weight_hh.data_ptr<scalar_t>(), P);
+
+  scalar_t* db = grad_bias.data_ptr<scalar_t>();
+  std::vector<acc_t> bias_sum(G, acc_t(0));
+  for (int64_t row = 0; row < total; ++row) {
+    for (int64_t k = 0; k < G; ++k) {
+      bias_sum[k] += dz_all[row * G + k];
+    }
+  }
+  std::copy(bias_sum.begin(), bias_sum.end(), db);
+
+  if (projected) {
+    // r_t = o * tanh(c_t), recomputed from the saved gates and cell.
+    at::Tensor raw_all = at::empty({total, H}, input.options());
+    scalar_t* r_all = raw_all.data_ptr<scalar_t>();
+    for (int64_t row = 0; row < total; ++row) {
+      for (int64_t j = 0; j < H; ++j) {
+        r_all[row * H + j] =
+            acc_t(gate_all[row * G + 3 * H + j]) * std::tanh(acc_t(c_all[row * H + j]));
+      }
+    }
+    gemm(true, false, P, H, total, scalar_t(1), dh_all, P, r_all, H, scalar_t(0),
+         grad_weight_hr.data_ptr<scalar_t>(), H);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+    const at::Tensor& input_arg, const at::Tensor& batch_sizes_arg, const at::Tensor& h_0_arg,
+    const at::Tensor& c_0_arg, const at::Tensor& weight_ih_arg, const at::Tensor& weight_hh_arg,
+    const std::optional<at::Tensor>& bias_arg, const std::optional<at::Tensor>& weight_hr_arg,
+    int64_t algorithm_arg) {
+  const at::Tensor bias_given = bias_arg.value_or(at::Tensor());
+  const at::Tensor weight_hr_given = weight_hr_arg.value_or(at::Tensor());
+  const LstmSizes sizes = check_lstm_args(input_arg, batch_sizes_arg, h_0_arg, c_0_arg,
+                                          weight_ih_arg, weight_hh_arg, bias_given,
+                                          weight_hr_given);
+  check_device_type(input_arg, "input", c10::DeviceType::CPU);
+  const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
+
+  const at::Tensor input = input_arg.contiguous();
+  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
+  const at::Tensor h_0 = h_0_arg.contiguous();
+  const at::Tensor c_0 = c_0_arg.contiguous();
+  const at::Tensor weight_ih = weight_ih_arg.contiguous();
+  const at::Tensor weight_hh = weight_hh_arg.contiguous();
+  const at::Tensor bias = bias_given.defined() ? bias_given.contiguous() : at::Tensor();
+  const at::Tensor weight_hr =
+      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
+
+  const auto options = input.options();
+  at::Tensor output = at::empty({sizes.total, sizes.proj_size}, options);
+  at::Tensor h_n = at::empty({sizes.batch_size, sizes.proj_size}, options);
+  at::Tensor c_n = at::empty({sizes.batch_size, sizes.hidden_size}, options);
+  at::Tensor gates = at::empty({sizes.total, 4 * sizes.hidden_size}, options);
+  at::Tensor cell = at::empty({sizes.total, sizes.hidden_size}, options);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_forward_cpu", [&] {
+    lstm_forward_kernel<scalar_t>(algorithm, sizes, batch_sizes, input, h_0, c_0, weight_ih,
+                                  weight_hh, bias, weight_hr, output, h_n, c_n, gates, cell);
+  });
+  return {output, h_n, c_n, gates, cell};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n_arg,
+                  const at::Tensor& grad_c_n_arg, const at::Tensor& input_arg,
+                  const at::Tensor& batch_sizes_arg, const at::Tensor& h_0_arg,
+                  const at::Tensor& c_0_arg, const at::Tensor& weight_ih_arg,
+                  const at::Tensor& weight_hh_arg, const std::optional<at::Tensor>& weight_hr_arg,
+                  const at::Tensor& output_arg, const at::Tensor& gates_arg,
+                  const at::Tensor& cell_arg, int64_t algorithm_arg) {
+  const at::Tensor weight_hr_given = weight_hr_arg.value_or(at::Tensor());
+  const LstmSizes sizes = check_lstm_args(input_arg, batch_sizes_arg, h_0_arg, c_0_arg,
+                                          weight_ih_arg, weight_hh_arg, at::Tensor(),
+                                          weight_hr_given);
+  check_lstm_backward_args(sizes, input_arg, grad_output_arg, grad_h_n_arg, grad_c_n_arg,
+                           output_arg, gates_arg, cell_arg);
+  check_device_type(input_arg, "input", c10::DeviceType::CPU);
+  const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
+
+  const at::Tensor input = input_arg.contiguous();
+  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
+  const at::Tensor weight_hr =
+      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
+
+  const auto options = input.options();
+  const int64_t H = sizes.hidden_size;
+  at::Tensor grad_input = at::empty({sizes.total, sizes.input_size}, options);
+  at::Tensor grad_h_0 = at::empty({sizes.batch_size, sizes.proj_size}, options);
+  at::Tensor grad_c_0 = at::empty({sizes.batch_size, H}, options);
+  at::Tensor grad_weight_ih = at::empty({4 * H, sizes.input_size}, options);
+  at::Tensor grad_weight_hh = at::empty({4 * H, sizes.proj_size}, options);
+  at::Tensor grad_bias = at::empty({4 * H}, options);
+  at::Tensor grad_weight_hr = weight_hr.defined() ? at::empty({sizes.proj_size, H}, options)
+                                                  : at::empty({0}, options);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_backward_cpu", [&] {
+    lstm_backward_kernel<scalar_t>(
+        algorithm, sizes, batch_sizes, grad_output_arg.contiguous(), grad_h_n_arg.contiguous(),
+        grad_c_n_arg.contiguous(), input, h_0_arg.contiguous(), c_0_arg.contiguous(),
+        weight_ih_arg.contiguous(), weight_hh_arg.contiguous(), weight_hr,
+        output_arg.contiguous(), gates_arg.contiguous(), cell_arg.contiguous(), grad_input,
+        grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr);
+  });
+  return {grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
+          grad_weight_hr};
+}
+
+}  // namespace seqlstm
+
+TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
+  m.impl("lstm_forward", &seqlstm::lstm_forward_cpu);
+  m.impl("lstm_backward", &seqlstm::lstm_backward_cpu);
+}

@@ -1,0 +1,92 @@
+"""The packed layout of a batch of variable-length sequences, as PackedSequence has it.
+
+Sequences are sorted by length, longest first (stable for equal lengths), and step t
+holds the first ``batch_sizes[t]`` of them, so the rows of step t are
+``[sum(batch_sizes[:t]), sum(batch_sizes[:t + 1]))`` of the packed data.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+
+class PackOrder(NamedTuple):
+    """Where each sample of a batch of sequences goes in the packed layout.
+
+    Attributes:
+        batch_sizes: int64 CPU (L,), active sequences per step, PackedSequence's.
+        sorted_indices: int64 (N,), the sequences by descending length (stable).
+        unsorted_indices: int64 (N,), the inverse permutation of sorted_indices.
+        packed_rows: int64 (total,), the packed row of each sample, with the samples
+            sequence-major (all of sequence 0, then all of sequence 1, ...).
+    """
+
+    batch_sizes: torch.Tensor
+    sorted_indices: torch.Tensor
+    unsorted_indices: torch.Tensor
+    packed_rows: torch.Tensor
+
+
+def check_lengths(lengths: torch.Tensor, max_length: int | None = None) -> None:
+    """Raise if `lengths` is not a non-empty int64 CPU vector of lengths in [1, max_length].
+
+    Raises:
+        TypeError: lengths is not an int64 tensor.
+        ValueError: lengths is not 1-D, not on the CPU or empty, or a length is below 1
+            or above max_length; the message names the batch position.
+    """
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64:
+        got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise TypeError(f"lengths must be an int64 tensor, got {got}")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have 1 dimension, got shape {tuple(lengths.shape)}")
+    if lengths.device.type != "cpu":
+        raise ValueError(f"lengths must be on the CPU, got {lengths.device}")
+    if lengths.numel() == 0:
+        raise ValueError("lengths must contain at least one sequence, got an empty batch")
+    too_short = (lengths < 1).nonzero()
+    if too_short.numel() > 0:
+        position = int(too_short[0])
+        raise ValueError(
+            f"lengths[{position}] must be at least 1, got {int(lengths[position])}"
+        )
+    if max_length is not None:
+        too_long = (lengths > max_length).nonzero()
+        if too_long.numel() > 0:
+            position = int(too_long[0])
+            raise ValueError(
+                f"lengths[{position}] = {int(lengths[position])} exceeds the input's "
+                f"sequence length {max_length}"
+            )
+
+
+def pack_order(lengths: torch.Tensor) -> PackOrder:
+    """Compute the packed layout of sequences with the given lengths.
+
+    Args:
+        lengths: int64 CPU (N,), the number of samples of each sequence, each >= 1.
+
+    Returns:
+        The PackOrder: batch_sizes, sorted_indices, unsorted_indices and packed_rows.
+
+    Raises:
+        TypeError, ValueError: as check_lengths.
+    """
+    check_lengths(lengths)
+    num_sequences = lengths.numel()
+    sorted_lengths, sorted_indices = torch.sort(lengths, descending=True, stable=True)
+    unsorted_indices = torch.empty_like(sorted_indices)
+    unsorted_indices[sorted_indices] = torch.arange(num_sequences)
+
+    max_length = int(sorted_lengths[0])
+    # batch_sizes[t] counts the sequences longer than t.
+    ends = torch.bincount(lengths, minlength=max_length + 1)
+    batch_sizes = num_sequences - torch.cumsum(ends, 0)[:max_length]
+    step_offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+
+    total = int(lengths.sum())
+    sequence = torch.repeat_interleave(torch.arange(num_sequences), lengths)
+    sequence_start = torch.cumsum(lengths, 0) - lengths
+    step = torch.arange(total) - sequence_start[sequence]
+    packed_rows = step_offsets[step] + unsorted_indices[sequence]
+    return PackOrder(batch_sizes, sorted_indices, unsorted_indices, packed_rows)
