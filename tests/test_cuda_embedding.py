@@ -24,7 +24,7 @@ def make_csr(num_samples, num_embeddings, max_nnz, generator):
 
 
 def reference_gather(weight, indices, offsets, values, order):
-    """embedding_bag on the CPU in float64, with rows permuted as output_order asks."""
+    """Return embedding_bag on the CPU, with row s moved to row order[s] when order is given."""
     result = F.embedding_bag(indices, weight, offsets[:-1], mode="sum",
                              per_sample_weights=values, include_last_offset=False)
     if order is None:
