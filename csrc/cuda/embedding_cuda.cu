@@ -5,6 +5,9 @@
 // atomics by default, which is fast, but the summation order of duplicate indices varies
 // between runs. With `deterministic`, it sorts the indices stably instead, and one thread
 // sums each (row, column) of the table in index order.
+//
+// NOTE: these kernels have been compiled for sm_90 but not yet run on a GPU;
+// tests/test_cuda_embedding.py checks them where a GPU is present.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
