@@ -149,6 +149,30 @@ def test_half_precision_close_to_float64(dtype, rtol, algorithm):
 
 
 @requires_cuda
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_batch_first_non_contiguous_with_lengths(algorithm):
+    torch.manual_seed(2)
+    reference = torch.nn.LSTM(5, 7, batch_first=True, dtype=torch.float64)
+    ours = seqlstm.LSTM(5, 7, batch_first=True, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    ours.algorithm = algorithm
+    ours = ours.cuda()
+    lengths = torch.tensor([3, 6, 1, 6])
+    # (N, L, H_in) as a transposed view, so the input is not contiguous.
+    x_cuda = torch.randn(6, 4, 5, dtype=torch.float64, device="cuda").transpose(0, 1)
+    x = x_cuda.cpu()
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, (expected_h_n, expected_c_n) = reference(packed)
+    expected_padded = torch.nn.utils.rnn.pad_packed_sequence(expected, batch_first=True)[0]
+
+    assert not x_cuda.is_contiguous()
+    output, (h_n, c_n) = ours(x_cuda, lengths=lengths)
+    assert_close_scaled(output.cpu(), expected_padded, 1e-10, "output")
+    assert_close_scaled(h_n.cpu(), expected_h_n, 1e-10, "h_n")
+    assert_close_scaled(c_n.cpu(), expected_c_n, 1e-10, "c_n")
+
+
+@requires_cuda
 def test_algorithms_agree_on_long_sequences():
     case = (8, 200, 16, 40, 0)
     padded, lengths, h_0, c_0 = make_batch(case, torch.float64, 5)
