@@ -82,6 +82,10 @@ PY
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
 "cuDNN", torch.backends.cudnn.version(), "device available:", torch.cuda.is_available())'
   nproc
+  # Without ninja, torch's BuildExtension compiles one file at a time, which may not fit
+  # the build limit.
+  command -v ninja || echo "ninja is not on PATH: the build compiles one file at a time"
+  "$PYTHON" -c 'import pytest; print("pytest", pytest.__version__)' || echo "pytest is missing"
 } > "$OUT/environment.log" 2>&1
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   log "torch sees no CUDA device; see $OUT/environment.log"
