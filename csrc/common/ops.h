@@ -26,6 +26,22 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output, const at::T
                                       const std::optional<at::Tensor>& output_order,
                                       int64_t num_embeddings, bool deterministic);
 
+// The same gather on CUDA. The index values are checked with one device-to-host
+// transfer before any kernel reads through them, so a bad index raises IndexError.
+at::Tensor embedding_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& indices,
+                                      const at::Tensor& offsets,
+                                      const std::optional<at::Tensor>& per_sample_weights,
+                                      const std::optional<at::Tensor>& output_order);
+
+// With `deterministic`, the CUDA backward sums duplicate indices in index order after a
+// stable sort, so repeated calls give bit-identical gradients. Without it, the backward
+// scatters with atomics, whose order varies between runs.
+at::Tensor embedding_bag_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+                                       const at::Tensor& offsets,
+                                       const std::optional<at::Tensor>& per_sample_weights,
+                                       const std::optional<at::Tensor>& output_order,
+                                       int64_t num_embeddings, bool deterministic);
+
 }  // namespace seqlstm
 
 namespace seqlstm {
@@ -66,5 +82,22 @@ lstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& output,
                   const at::Tensor& gates, const at::Tensor& cell, int64_t algorithm);
+
+// The same operators on CUDA. Algorithm 2 runs the whole recurrence in one kernel launch
+// per pass and supports hidden_size up to 1024; algorithm 0 picks it for hidden_size up
+// to 128. float16 and bfloat16 are supported too, computed in float32.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
+    const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& h_0,
+    const at::Tensor& c_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& weight_hr,
+    int64_t algorithm);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                   const at::Tensor& grad_c_n, const at::Tensor& input,
+                   const at::Tensor& batch_sizes, const at::Tensor& h_0, const at::Tensor& c_0,
+                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& output,
+                   const at::Tensor& gates, const at::Tensor& cell, int64_t algorithm);
 
 }  // namespace seqlstm
