@@ -35,6 +35,7 @@ __all__ = [
     "CTFReader",
     "CtfSequence",
     "Minibatch",
+    "MinibatchDataset",
     "StreamBatch",
     "StreamSpec",
     "read_ctf",
@@ -516,6 +517,34 @@ class CTFReader:
                 return
             self._logged_warnings.add(message)
             logger.warning("%s", message)
+
+
+class MinibatchDataset(torch.utils.data.IterableDataset):
+    """An IterableDataset view of a CTFReader, so that a DataLoader can drive it.
+
+    Iterating yields reader.next_minibatch(num_samples) until it returns None, so use
+    the DataLoader with batch_size=None. Iterating again continues where the reader
+    stopped, because the reader holds the position.
+
+    NOTE: only DataLoader(num_workers=0) is supported, since worker processes would each
+    read the same minibatches. Iterating in a worker raises RuntimeError. Shard across
+    training processes with CTFReader's worker_rank and num_workers instead.
+    """
+
+    def __init__(self, reader: CTFReader, num_samples: int):
+        _check_int("num_samples", num_samples, minimum=1)
+        self.reader = reader
+        self.num_samples = num_samples
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError(
+                "MinibatchDataset must be read with DataLoader(num_workers=0), because "
+                "each worker process would read the same minibatches; shard with "
+                "CTFReader(worker_rank=..., num_workers=...) instead"
+            )
+        while (minibatch := self.reader.next_minibatch(self.num_samples)) is not None:
+            yield minibatch
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -11,7 +11,7 @@ import torch
 
 import seqlstm
 from seqlstm import CTFReader, StreamSpec, read_ctf
-from seqlstm.reader import Minibatch
+from seqlstm.reader import Minibatch, MinibatchDataset
 
 TRAIN = Path(seqlstm.__file__).parent / "data" / "Train.ctf"
 STREAMS = {"features": StreamSpec("x", 2000, True), "labels": StreamSpec("y", 5, False)}
@@ -473,3 +473,27 @@ def test_num_samples_zero_raises():
 def test_num_samples_bool_raises():
     with pytest.raises(TypeError, match="num_samples must be an int, got bool"):
         CTFReader(TRAIN, STREAMS).next_minibatch(True)
+
+
+# DataLoader view ----------------------------------------------------------------------
+
+
+def test_dataset_yields_reader_minibatches():
+    direct = read_sweeps(CTFReader(TRAIN, STREAMS, seed=4, max_sweeps=1), 200)
+    dataset = MinibatchDataset(CTFReader(TRAIN, STREAMS, seed=4, max_sweeps=1), 200)
+    loaded = list(torch.utils.data.DataLoader(dataset, batch_size=None))
+    assert len(loaded) == len(direct)
+    for got, expected in zip(loaded, direct):
+        assert_same_minibatch(got, expected)
+
+
+def test_dataset_in_worker_process_raises():
+    dataset = MinibatchDataset(CTFReader(TRAIN, STREAMS, max_sweeps=1), 200)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match="DataLoader\\(num_workers=0\\)"):
+        next(iter(loader))
+
+
+def test_dataset_num_samples_zero_raises():
+    with pytest.raises(ValueError, match="num_samples must be at least 1, got 0"):
+        MinibatchDataset(CTFReader(TRAIN, STREAMS), 0)
