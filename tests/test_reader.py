@@ -410,17 +410,49 @@ def test_lenient_mode_skips_and_logs(tmp_path, caplog):
     assert minibatch.num_samples == 4
     assert minibatch.global_num_sequences == 6
     assert reader.skipped_sequences == 2
-    assert reader.state_dict()["skipped_sequences"] == 2
+    assert reader.state_dict()["skipped_lines"] == [2, 5]
     assert re.search(re.escape(f"{path}:2:") + ".*sequence skipped", caplog.text)
     assert re.search(re.escape(f"{path}:5:") + ".*sequence skipped", caplog.text)
-    assert "skipped 2 malformed sequences" in caplog.text
+    assert "skipped 2 malformed sequences in total" in caplog.text
+
+
+def test_lenient_mode_counts_each_sequence_once(tmp_path, caplog):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_sweeps=3, max_errors=2)
+    with caplog.at_level(logging.WARNING):
+        minibatches = read_sweeps(reader, 6)  # one sweep per minibatch
+    assert [m.sequence_ids.tolist() for m in minibatches] == [[0, 2, 3, 5]] * 3
+    assert reader.skipped_sequences == 2
+    assert caplog.text.count("sequence skipped") == 2
+
+
+def test_lenient_resume_keeps_skipped_sequences(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_errors=2)
+    reader.next_minibatch(6)
+    resumed = CTFReader(path, STREAMS, randomize=False, max_errors=2)
+    resumed.load_state_dict(reader.state_dict())
+    assert resumed.skipped_sequences == 2
+    assert resumed.next_minibatch(6).sequence_ids.tolist() == [0, 2, 3, 5]
+
+
+def test_lenient_minibatch_across_sweeps_counts_once(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_sweeps=3, max_errors=2)
+    minibatch = reader.next_minibatch(18)  # all three sweeps at once
+    assert minibatch.sequence_ids.tolist() == [0, 2, 3, 5] * 3
+    assert minibatch.global_num_sequences == 18
+    assert reader.skipped_sequences == 2
 
 
 def test_lenient_mode_past_maximum_raises(tmp_path):
     path = tmp_path / "bad.ctf"
     path.write_text(BAD_SEQUENCES)
     reader = CTFReader(path, STREAMS, randomize=False, max_errors=1)
-    with pytest.raises(ValueError, match=re.escape(f"{path}:5:") + ".*max_errors is 1"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:5:") + ".*1 malformed"):
         reader.next_minibatch(100)
 
 
