@@ -478,8 +478,10 @@ class CTFReader:
             first_lines,
             max_skipped=len(first_lines) if self.max_errors > 0 else 0,
         )
-        skipped = np.setdiff1d(np.arange(len(first_lines)), parsed["position"])
-        for line, message in zip(first_lines[skipped].tolist(), parsed["skipped"]):
+        kept = np.zeros(len(first_lines), dtype=bool)
+        kept[parsed["position"]] = True
+        skipped_first_lines = first_lines[~kept].tolist() if parsed["skipped"] else []
+        for line, message in zip(skipped_first_lines, parsed["skipped"]):
             if line in self._skipped_lines:
                 continue
             if len(self._skipped_lines) == self.max_errors:
