@@ -73,7 +73,9 @@ NumberStatus parse_number(const char* begin, const char* end, float* value) {
     for (const char* digit = integer_begin; digit < end; ++digit) {
       magnitude = magnitude * 10 + (*digit - '0');
     }
-    *value = static_cast<float>(*begin == '-' ? -magnitude : magnitude);
+    // Negating the float keeps the sign of -0.
+    *value = static_cast<float>(magnitude);
+    *value = *begin == '-' ? -*value : *value;
     return NumberStatus::ok;
   }
   // from_chars rejects a leading '+'.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -236,6 +237,10 @@ TEST_CASE("ctf number grammar as in CNTK") {
   for (const auto& [token, value] : accepted) {
     const ctf::ParseResult result = parse_text("0 |x 1:1 |y " + token + "\n");
     EXPECT_EQ(result.streams[1].values[0], value);
+  }
+  for (const std::string token : {"-0", "-0.0", "-0e3"}) {
+    const ctf::ParseResult result = parse_text("0 |x 1:1 |y " + token + "\n");
+    EXPECT_TRUE(std::signbit(result.streams[1].values[0]));
   }
   for (const std::string token :
        {".5", "2,0", "2:0", "2.0f", "2#0", "1e", "-", "inf", "nan", "1e39", "0x1"}) {
