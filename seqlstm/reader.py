@@ -267,7 +267,7 @@ class CTFReader:
         if self._finished():
             return None
 
-        first_sweep = self._sweep
+        first_sweep, first_position = self._sweep, self._position
         end_of_sweep = False
         pieces = []
         taken_samples = 0
@@ -298,14 +298,19 @@ class CTFReader:
             name: np.concatenate(
                 [getattr(w, name)[w.visit(a, b)] for w, a, b in pieces]
             )
-            for name in ("begin", "end", "first_line", "num_lines")
+            for name in ("begin", "end", "first_line")
         }
         share = slice(self.worker_rank, None, self.num_workers)
-        minibatch = self._parse(
-            selected["begin"][share],
-            selected["end"][share],
-            selected["first_line"][share],
-        )
+        try:
+            minibatch = self._parse(
+                selected["begin"][share],
+                selected["end"][share],
+                selected["first_line"][share],
+            )
+        except ValueError:
+            # Stay before the minibatch, so that state_dict() and a retry see it.
+            self._sweep, self._position = first_sweep, first_position
+            raise
         minibatch.global_num_sequences = taken_sequences
         minibatch.global_num_samples = taken_samples
         minibatch.end_of_sweep = end_of_sweep

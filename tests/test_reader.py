@@ -456,6 +456,19 @@ def test_lenient_mode_past_maximum_raises(tmp_path):
         reader.next_minibatch(100)
 
 
+def test_error_leaves_position_before_minibatch(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False)
+    assert reader.next_minibatch(1).sequence_ids.tolist() == [0]
+    state = reader.state_dict()
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2:")):
+        reader.next_minibatch(1)
+    assert reader.state_dict() == state
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2:")):
+        reader.next_minibatch(1)
+
+
 def test_lenient_budget_spans_minibatches(tmp_path):
     path = tmp_path / "bad.ctf"
     path.write_text(BAD_SEQUENCES)
