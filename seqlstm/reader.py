@@ -35,6 +35,7 @@ __all__ = [
     "CTFReader",
     "CtfSequence",
     "Minibatch",
+    "MinibatchDataset",
     "StreamBatch",
     "StreamSpec",
     "read_ctf",
@@ -160,10 +161,11 @@ class CTFReader:
         seed: seed of the shuffles. Sweep k uses seed and k, so sweeps differ.
         chunk_size: bytes per chunk; a chunk never splits a sequence.
         randomization_window: chunks per randomization window (CNTK's default is 128).
-        max_errors: malformed sequences to skip, each logged with its
-            `path:line:`, before an error is raised. 0 raises at the first malformed
-            sequence, as CNTK's default does. A declared stream missing from a
-            sequence always raises.
+        max_errors: malformed sequences to skip, each logged once with its
+            `path:line:`, before an error is raised. A skipped sequence is left out of
+            later sweeps and counts once. 0 raises at the first malformed sequence, as
+            CNTK's default does. A declared stream missing from a sequence always
+            raises. Each worker counts the sequences it parsed itself.
         worker_rank, num_workers: this worker's shard. All workers form the same global
             minibatches; this one keeps the sequences at positions k with
             k % num_workers == worker_rank, and parses only those.
@@ -225,7 +227,10 @@ class CTFReader:
 
         self._sweep = 0
         self._position = 0  # sequences of the current sweep already taken, all workers
-        self._skipped_sequences = 0
+        # First lines of the malformed sequences this worker skipped. Later sweeps
+        # leave them out without parsing them again, so each counts once.
+        self._skipped_lines: set[int] = set()
+        self._reported_skips = 0
         self._logged_warnings: set[str] = set()
         self._warnings_capped = False
         self._layout: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -238,7 +243,7 @@ class CTFReader:
     @property
     def skipped_sequences(self) -> int:
         """Malformed sequences skipped so far by this worker (see max_errors)."""
-        return self._skipped_sequences
+        return len(self._skipped_lines)
 
     def next_minibatch(self, num_samples: int) -> Minibatch | None:
         """Read the next minibatch of whole sequences.
@@ -262,7 +267,7 @@ class CTFReader:
         if self._finished():
             return None
 
-        first_sweep = self._sweep
+        first_sweep, first_position = self._sweep, self._position
         end_of_sweep = False
         pieces = []
         taken_samples = 0
@@ -293,24 +298,30 @@ class CTFReader:
             name: np.concatenate(
                 [getattr(w, name)[w.visit(a, b)] for w, a, b in pieces]
             )
-            for name in ("begin", "end", "first_line", "num_lines")
+            for name in ("begin", "end", "first_line")
         }
         share = slice(self.worker_rank, None, self.num_workers)
-        minibatch = self._parse(
-            selected["begin"][share],
-            selected["end"][share],
-            selected["first_line"][share],
-        )
+        try:
+            minibatch = self._parse(
+                selected["begin"][share],
+                selected["end"][share],
+                selected["first_line"][share],
+            )
+        except ValueError:
+            # Stay before the minibatch, so that state_dict() and a retry see it.
+            self._sweep, self._position = first_sweep, first_position
+            raise
         minibatch.global_num_sequences = taken_sequences
         minibatch.global_num_samples = taken_samples
         minibatch.end_of_sweep = end_of_sweep
         minibatch.sweep = first_sweep
-        if self._finished() and self._skipped_sequences:
+        if end_of_sweep and self._reported_skips != len(self._skipped_lines):
+            self._reported_skips = len(self._skipped_lines)
             logger.warning(
-                "%s: skipped %d malformed sequences in %d sweeps",
+                "%s: skipped %d malformed sequences in total (max_errors=%d)",
                 self.path,
-                self._skipped_sequences,
-                self.max_sweeps,
+                self._reported_skips,
+                self.max_errors,
             )
         return minibatch
 
@@ -324,7 +335,7 @@ class CTFReader:
             "version": STATE_VERSION,
             "sweep": self._sweep,
             "position": self._position,
-            "skipped_sequences": self._skipped_sequences,
+            "skipped_lines": sorted(self._skipped_lines),
             "seed": self.seed,
             "randomize": self.randomize,
             "chunk_size": self.chunk_size,
@@ -370,10 +381,18 @@ class CTFReader:
                 f"state['position'] must be below the {self.sweep_num_sequences} "
                 f"sequences of a sweep, got {position}"
             )
-        _check_int("state['skipped_sequences']", state["skipped_sequences"], minimum=0)
+        skipped_lines = state["skipped_lines"]
+        if not isinstance(skipped_lines, (list, tuple)):
+            raise TypeError(
+                "state['skipped_lines'] must be a list of line numbers, "
+                f"got {type(skipped_lines).__name__}"
+            )
+        for line in skipped_lines:
+            _check_int("state['skipped_lines'] entries", line, minimum=1)
         self._sweep = int(sweep)
         self._position = int(position)
-        self._skipped_sequences = int(state["skipped_sequences"])
+        self._skipped_lines = {int(line) for line in skipped_lines}
+        self._reported_skips = len(self._skipped_lines)
 
     # Sweep order --------------------------------------------------------------------
     # Sweep k visits the chunks in the order permutation(seed, k), cut into windows
@@ -448,29 +467,37 @@ class CTFReader:
     # Parsing -------------------------------------------------------------------------
 
     def _parse(self, begins, ends, first_lines) -> Minibatch:
-        budget = self.max_errors - self._skipped_sequences
-        try:
-            parsed = parse_tables(
-                self._file,
-                self._has_ids,
-                self._streams,
-                begins,
-                ends,
-                first_lines,
-                budget,
-            )
-        except ValueError as error:
-            if self.max_errors == 0:
-                raise
-            raise ValueError(
-                f"{error} ({self._skipped_sequences} malformed sequences were skipped "
-                f"before, and max_errors is {self.max_errors})"
-            ) from None
-        for message in parsed["skipped"]:
+        if self._skipped_lines:
+            known_good = ~np.isin(first_lines, list(self._skipped_lines))
+            begins, ends = begins[known_good], ends[known_good]
+            first_lines = first_lines[known_good]
+        # The parser counts every malformed sequence it meets, but a minibatch that
+        # spans sweeps can meet one sequence several times, so the budget is checked
+        # here on distinct first lines.
+        parsed = parse_tables(
+            self._file,
+            self._has_ids,
+            self._streams,
+            begins,
+            ends,
+            first_lines,
+            max_skipped=len(first_lines) if self.max_errors > 0 else 0,
+        )
+        kept = np.zeros(len(first_lines), dtype=bool)
+        kept[parsed["position"]] = True
+        skipped_first_lines = first_lines[~kept].tolist() if parsed["skipped"] else []
+        for line, message in zip(skipped_first_lines, parsed["skipped"]):
+            if line in self._skipped_lines:
+                continue
+            if len(self._skipped_lines) == self.max_errors:
+                raise ValueError(
+                    f"{message} ({self.max_errors} malformed sequences were skipped "
+                    f"before, the maximum that max_errors allows)"
+                )
+            self._skipped_lines.add(line)
             logger.warning(
                 "%s (sequence skipped, max_errors=%d)", message, self.max_errors
             )
-        self._skipped_sequences += len(parsed["skipped"])
         self._log_new_warnings(parsed)
 
         streams = {}
@@ -516,6 +543,34 @@ class CTFReader:
                 return
             self._logged_warnings.add(message)
             logger.warning("%s", message)
+
+
+class MinibatchDataset(torch.utils.data.IterableDataset):
+    """An IterableDataset view of a CTFReader, so that a DataLoader can drive it.
+
+    Iterating yields reader.next_minibatch(num_samples) until it returns None, so use
+    the DataLoader with batch_size=None. Iterating again continues where the reader
+    stopped, because the reader holds the position.
+
+    NOTE: only DataLoader(num_workers=0) is supported, since worker processes would each
+    read the same minibatches. Iterating in a worker raises RuntimeError. Shard across
+    training processes with CTFReader's worker_rank and num_workers instead.
+    """
+
+    def __init__(self, reader: CTFReader, num_samples: int):
+        _check_int("num_samples", num_samples, minimum=1)
+        self.reader = reader
+        self.num_samples = num_samples
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError(
+                "MinibatchDataset must be read with DataLoader(num_workers=0), because "
+                "each worker process would read the same minibatches; shard with "
+                "CTFReader(worker_rank=..., num_workers=...) instead"
+            )
+        while (minibatch := self.reader.next_minibatch(self.num_samples)) is not None:
+            yield minibatch
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -11,7 +11,7 @@ import torch
 
 import seqlstm
 from seqlstm import CTFReader, StreamSpec, read_ctf
-from seqlstm.reader import Minibatch
+from seqlstm.reader import Minibatch, MinibatchDataset
 
 TRAIN = Path(seqlstm.__file__).parent / "data" / "Train.ctf"
 STREAMS = {"features": StreamSpec("x", 2000, True), "labels": StreamSpec("y", 5, False)}
@@ -410,18 +410,63 @@ def test_lenient_mode_skips_and_logs(tmp_path, caplog):
     assert minibatch.num_samples == 4
     assert minibatch.global_num_sequences == 6
     assert reader.skipped_sequences == 2
-    assert reader.state_dict()["skipped_sequences"] == 2
+    assert reader.state_dict()["skipped_lines"] == [2, 5]
     assert re.search(re.escape(f"{path}:2:") + ".*sequence skipped", caplog.text)
     assert re.search(re.escape(f"{path}:5:") + ".*sequence skipped", caplog.text)
-    assert "skipped 2 malformed sequences" in caplog.text
+    assert "skipped 2 malformed sequences in total" in caplog.text
+
+
+def test_lenient_mode_counts_each_sequence_once(tmp_path, caplog):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_sweeps=3, max_errors=2)
+    with caplog.at_level(logging.WARNING):
+        minibatches = read_sweeps(reader, 6)  # one sweep per minibatch
+    assert [m.sequence_ids.tolist() for m in minibatches] == [[0, 2, 3, 5]] * 3
+    assert reader.skipped_sequences == 2
+    assert caplog.text.count("sequence skipped") == 2
+
+
+def test_lenient_resume_keeps_skipped_sequences(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_errors=2)
+    reader.next_minibatch(6)
+    resumed = CTFReader(path, STREAMS, randomize=False, max_errors=2)
+    resumed.load_state_dict(reader.state_dict())
+    assert resumed.skipped_sequences == 2
+    assert resumed.next_minibatch(6).sequence_ids.tolist() == [0, 2, 3, 5]
+
+
+def test_lenient_minibatch_across_sweeps_counts_once(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False, max_sweeps=3, max_errors=2)
+    minibatch = reader.next_minibatch(18)  # all three sweeps at once
+    assert minibatch.sequence_ids.tolist() == [0, 2, 3, 5] * 3
+    assert minibatch.global_num_sequences == 18
+    assert reader.skipped_sequences == 2
 
 
 def test_lenient_mode_past_maximum_raises(tmp_path):
     path = tmp_path / "bad.ctf"
     path.write_text(BAD_SEQUENCES)
     reader = CTFReader(path, STREAMS, randomize=False, max_errors=1)
-    with pytest.raises(ValueError, match=re.escape(f"{path}:5:") + ".*max_errors is 1"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:5:") + ".*1 malformed"):
         reader.next_minibatch(100)
+
+
+def test_error_leaves_position_before_minibatch(tmp_path):
+    path = tmp_path / "bad.ctf"
+    path.write_text(BAD_SEQUENCES)
+    reader = CTFReader(path, STREAMS, randomize=False)
+    assert reader.next_minibatch(1).sequence_ids.tolist() == [0]
+    state = reader.state_dict()
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2:")):
+        reader.next_minibatch(1)
+    assert reader.state_dict() == state
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2:")):
+        reader.next_minibatch(1)
 
 
 def test_lenient_budget_spans_minibatches(tmp_path):
@@ -473,3 +518,27 @@ def test_num_samples_zero_raises():
 def test_num_samples_bool_raises():
     with pytest.raises(TypeError, match="num_samples must be an int, got bool"):
         CTFReader(TRAIN, STREAMS).next_minibatch(True)
+
+
+# DataLoader view ----------------------------------------------------------------------
+
+
+def test_dataset_yields_reader_minibatches():
+    direct = read_sweeps(CTFReader(TRAIN, STREAMS, seed=4, max_sweeps=1), 200)
+    dataset = MinibatchDataset(CTFReader(TRAIN, STREAMS, seed=4, max_sweeps=1), 200)
+    loaded = list(torch.utils.data.DataLoader(dataset, batch_size=None))
+    assert len(loaded) == len(direct)
+    for got, expected in zip(loaded, direct):
+        assert_same_minibatch(got, expected)
+
+
+def test_dataset_in_worker_process_raises():
+    dataset = MinibatchDataset(CTFReader(TRAIN, STREAMS, max_sweeps=1), 200)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match="DataLoader\\(num_workers=0\\)"):
+        next(iter(loader))
+
+
+def test_dataset_num_samples_zero_raises():
+    with pytest.raises(ValueError, match="num_samples must be at least 1, got 0"):
+        MinibatchDataset(CTFReader(TRAIN, STREAMS), 0)

@@ -66,14 +66,16 @@ NumberStatus parse_number(const char* begin, const char* end, float* value) {
     return NumberStatus::invalid;
   }
 
-  // Integers below 2^24 are exact in float; most CTF values (one-hot labels, counts)
-  // take this path.
+  // Integers of at most 7 digits are below 2^24 and so exact in float. Most CTF values
+  // (one-hot labels, counts) take this path.
   if (is_integer && integer_digits <= 7) {
     int32_t magnitude = 0;
     for (const char* digit = integer_begin; digit < end; ++digit) {
       magnitude = magnitude * 10 + (*digit - '0');
     }
-    *value = static_cast<float>(*begin == '-' ? -magnitude : magnitude);
+    // Negating the float keeps the sign of -0.
+    *value = static_cast<float>(magnitude);
+    *value = *begin == '-' ? -*value : *value;
     return NumberStatus::ok;
   }
   // from_chars rejects a leading '+'.

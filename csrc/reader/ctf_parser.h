@@ -6,7 +6,7 @@
 // A file whose first line starts with `|` has no ids, and then each line is one sequence.
 // Each line is one sample of the sequence and adds at most one sample to each stream named
 // on it. The grammar and its errors follow CNTK's CNTKTextFormatReader (TextParser.cpp,
-// Indexer.cpp), except where a comment at the check says otherwise.
+// Indexer.cpp), except where a comment at the check states otherwise.
 //
 // Reading happens in three steps, so that a file larger than memory can be read in a
 // bounded window: index_file() finds chunk boundaries in one pass, scan_chunk() lists the
@@ -44,7 +44,7 @@ struct StreamSpec {
 };
 
 // A read-only memory map of a whole file. Pages are read on first access, so opening a
-// file larger than memory is cheap; release() drops pages that are no longer needed
+// file larger than memory is cheap. release() drops pages that are no longer needed
 // from this process's resident set.
 class MappedFile {
  public:
@@ -111,7 +111,7 @@ SequenceTable scan_chunk(const MappedFile& file, bool has_ids, int64_t begin, in
 struct StreamData {
   std::vector<int64_t> lengths;  // (num_sequences,) samples of this stream per sequence
   // Sparse streams: CSR over samples. offsets has one entry more than there are samples
-  // and starts at 0; sample s has the entries [offsets[s], offsets[s + 1]).
+  // and starts at 0, and sample s has the entries [offsets[s], offsets[s + 1]).
   std::vector<int64_t> indices;  // (nnz,)
   std::vector<int64_t> offsets;  // (samples + 1,)
   // Sparse streams: (nnz,) values. Dense streams: (samples, dim) row-major, zero-filled
@@ -125,8 +125,8 @@ struct ParseResult {
   std::vector<int64_t> first_line;  // (num_sequences,)
   std::vector<int64_t> num_lines;   // (num_sequences,)
   std::vector<StreamData> streams;  // one per declared stream, in declaration order
-  // `path:line:` messages of zero-filled dense samples; at most max_warning_messages,
-  // while num_warnings counts them all.
+  // `path:line:` messages of zero-filled dense samples, at most max_warning_messages of
+  // them, while num_warnings counts them all.
   std::vector<std::string> warnings;
   int64_t num_warnings = 0;
   // `path:line:` messages of the malformed sequences that were skipped.

@@ -20,6 +20,8 @@ FileOpenError open_error(const std::string& path, const char* call, int error_nu
 
 }  // namespace
 
+// NOTE: a file that is truncated while it is mapped makes later reads of the lost pages
+// fail with SIGBUS. The reader assumes that its input does not change while it is open.
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (descriptor < 0) {

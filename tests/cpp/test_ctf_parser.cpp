@@ -4,8 +4,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <ostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -234,6 +238,10 @@ TEST_CASE("ctf number grammar as in CNTK") {
     const ctf::ParseResult result = parse_text("0 |x 1:1 |y " + token + "\n");
     EXPECT_EQ(result.streams[1].values[0], value);
   }
+  for (const std::string token : {"-0", "-0.0", "-0e3"}) {
+    const ctf::ParseResult result = parse_text("0 |x 1:1 |y " + token + "\n");
+    EXPECT_TRUE(std::signbit(result.streams[1].values[0]));
+  }
   for (const std::string token :
        {".5", "2,0", "2:0", "2.0f", "2#0", "1e", "-", "inf", "nan", "1e39", "0x1"}) {
     EXPECT_TRUE(parse_error("0 |x 1:1 |y " + token + "\n").rfind("1: stream `y`", 0) == 0);
@@ -333,4 +341,65 @@ TEST_CASE("ctf lenient mode resumes after a bad sequence in a range") {
   EXPECT_EQ(result.streams[0].indices, (std::vector<int64_t>{1, 3, 4}));
   EXPECT_EQ(result.skipped.size(), size_t{1});
   EXPECT_TRUE(result.skipped[0].find(":3: stream `x`") != std::string::npos);
+}
+
+// Mutates the case files at random and parses the results. Run in the sanitizer build
+// (SEQLSTM_SANITIZE=address;undefined), this checks that no input makes the parser
+// read or write out of bounds, besides raising only CtfError. SEQLSTM_FUZZ_ROUNDS and
+// SEQLSTM_FUZZ_SEED set a longer or different run.
+TEST_CASE("ctf parser survives mutated inputs") {
+  std::vector<std::string> seeds;
+  for (const char* name : {"lf_reference.ctf", "crlf.ctf", "utf8_bom_crlf.ctf",
+                           "minibatch_packing.ctf", "marker_per_value.ctf",
+                           "dense_too_few_values.ctf", "no_trailing_newline.ctf"}) {
+    std::ifstream input(test_data(std::string("ctf_cases/") + name), std::ios::binary);
+    seeds.emplace_back(std::istreambuf_iterator<char>(input), std::istreambuf_iterator<char>());
+  }
+  const std::string special = "|#: \t\r\n0123456789-+.eE";
+  const char* rounds_text = std::getenv("SEQLSTM_FUZZ_ROUNDS");
+  const char* seed_text = std::getenv("SEQLSTM_FUZZ_SEED");
+  const int rounds = rounds_text ? std::atoi(rounds_text) : 1500;
+  std::mt19937 random(seed_text ? static_cast<unsigned>(std::atoi(seed_text)) : 12345u);
+  auto pick = [&](size_t bound) { return static_cast<size_t>(random() % (bound + 1)); };
+  int parsed = 0;
+  int rejected = 0;
+  for (int round = 0; round < rounds; ++round) {
+    std::string text = seeds[pick(seeds.size() - 1)];
+    for (int edit = 0; edit < 3; ++edit) {
+      const size_t position = pick(text.size());
+      switch (random() % 5) {
+        case 0:
+          text.insert(position, 1, special[pick(special.size() - 1)]);
+          break;
+        case 1:
+          text.erase(position, pick(6));
+          break;
+        case 2:
+          text.insert(position, 1, static_cast<char>(random() % 256));
+          break;
+        case 3:
+          text.insert(position, text.substr(position, pick(30)));
+          break;
+        default:
+          text.resize(position);
+      }
+    }
+    TemporaryFile file(text);
+    try {
+      ctf::MappedFile mapped(file.path());
+      const ctf::ParseResult result = parse_file(mapped, 1 + static_cast<int64_t>(pick(200)), 2);
+      const ctf::StreamData& x = result.streams[0];
+      EXPECT_EQ(x.offsets.back(), static_cast<int64_t>(x.indices.size()));
+      EXPECT_EQ(x.values.size(), x.indices.size());
+      for (int64_t index : x.indices) {
+        EXPECT_TRUE(index >= 0 && index < 2000);
+      }
+      EXPECT_EQ(result.streams[1].values.size() % 5, size_t{0});
+      ++parsed;
+    } catch (const ctf::CtfError&) {
+      ++rejected;
+    }
+  }
+  EXPECT_TRUE(parsed > 0);
+  EXPECT_TRUE(rejected > 0);
 }
