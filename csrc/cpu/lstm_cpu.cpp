@@ -9,7 +9,7 @@
 //
 // Both paths call BLAS directly where torch exports it (else ATen's GEMM), so a step costs
 // no operator dispatch; at H = 25 that overhead would exceed the arithmetic. The
-// per-step path (algorithm 1) splits the cell math of a step over threads, and the
+// per-step path (algorithm 1) splits the cell math of a step over threads. The
 // small-hidden path (algorithm 2) runs it on the calling thread, which is faster when a
 // step is too small to pay for waking the thread pool.
 #include <ATen/Dispatch.h>
@@ -51,8 +51,8 @@ enum class Algorithm : int64_t { kByShape = 0, kPerStep = 1, kSmallHidden = 2 };
 
 // Row-major C (m, n) = alpha * op(A) op(B) + beta * C, with op(X) = X^T when trans_X.
 // lda, ldb and ldc are the row strides of A, B and C as stored.
-// NOTE: with torch's x86 wheels the tests never reach this fallback; it passed the
-// Python LSTM tests once when forced on, but no standing test covers it.
+// NOTE: no standing test reaches this fallback, because torch's x86 wheels export BLAS.
+// It passed the Python LSTM tests once when forced on.
 template <typename scalar_t>
 void gemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
                const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
@@ -165,8 +165,8 @@ Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
   if (algorithm != 0) {
     return static_cast<Algorithm>(algorithm);
   }
-  // The recurrent GEMM of one step with every row active, in multiply-adds. Below this
-  // an ATen dispatch per step costs more than the threads it could bring.
+  // The recurrent GEMM of one step with every row active, in multiply-adds. Below this,
+  // waking the thread pool for a step's cell math costs more than it saves.
   constexpr int64_t kSmallStepWork = 1 << 20;
   const int64_t step_work = sizes.batch_size * 4 * sizes.hidden_size * sizes.proj_size;
   return step_work <= kSmallStepWork ? Algorithm::kSmallHidden : Algorithm::kPerStep;
