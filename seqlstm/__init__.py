@@ -8,6 +8,7 @@ from seqlstm import ops  # noqa: E402  (registers fake kernels and autograd)
 from seqlstm.embedding import SparseEmbedding  # noqa: E402
 from seqlstm.lstm import LSTM  # noqa: E402
 from seqlstm import packing  # noqa: E402
+from seqlstm.reader import CTFReader, StreamSpec, read_ctf  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,12 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["LSTM", "SparseEmbedding", "build_info", "packing"]
+__all__ = [
+    "CTFReader",
+    "LSTM",
+    "SparseEmbedding",
+    "StreamSpec",
+    "build_info",
+    "packing",
+    "read_ctf",
+]
