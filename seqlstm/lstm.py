@@ -145,8 +145,9 @@ class LSTM(nn.Module):
             input: a PackedSequence; or a padded tensor (L, N, H_in), (N, L, H_in) with
                 batch_first, or (L, H_in) for one unbatched sequence.
             hx: optional (h_0, c_0), with h_0 (D * num_layers, N, P) and c_0
-                (D * num_layers, N, H) in the caller's sequence order (without the N
-                axis for unbatched input); zeros when None. D is 2 if bidirectional.
+                (D * num_layers, N, H) in the caller's sequence order, where D is 2 if
+                bidirectional. Unbatched input takes them without the N axis. None
+                means zeros.
             lengths: optional int64 CPU (N,) lengths of the sequences of a padded
                 input, each in [1, L]; None means every sequence has length L.
 
@@ -190,6 +191,9 @@ class LSTM(nn.Module):
                 batch_sizes = torch.full((num_steps,), batch_size, dtype=torch.int64)
                 sorted_indices = unsorted_indices = None
             else:
+                # NOTE: the lengths are read here, which torch.compile(fullgraph=True)
+                # rejects as data-dependent; compiled code passes a PackedSequence built
+                # outside (for example from seqlstm.packing.pack_order) instead.
                 check_lengths(lengths, max_length=num_steps)
                 if lengths.shape[0] != batch_size:
                     raise ValueError(

@@ -11,7 +11,7 @@ import torch
 
 
 class PackOrder(NamedTuple):
-    """Where each sample of a batch of sequences goes in the packed layout.
+    """Packed layout of a batch of sequences and the packed row of each sample.
 
     Attributes:
         batch_sizes: int64 CPU (L,), active sequences per step, PackedSequence's.

@@ -29,9 +29,9 @@
 #include "../common/lstm_cell.h"
 #include "../common/ops.h"
 
-// Fortran BLAS entry points. torch's own BLAS (MKL in the x86 wheels) exports them from
-// libtorch_cpu; they are weak so that the extension still loads where it does not, and
-// the GEMMs then go through ATen.
+// Fortran BLAS entry points, which libtorch_cpu exports when torch is built with MKL (as
+// the x86 wheels of torch 2.14 are). They are weak, so the extension still loads without
+// them, and the GEMMs then go through ATen.
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
