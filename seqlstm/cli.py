@@ -271,6 +271,14 @@ def _add_training_options(parser) -> None:
         "(1 - momentum) * lr * gradient",
     )
     group.add_argument(
+        "--dist-timeout",
+        type=positive_int,
+        default=1800,
+        metavar="SECONDS",
+        help="with several workers under torchrun, seconds a worker waits for the "
+        "others in a gradient all-reduce before it fails (default: 1800)",
+    )
+    group.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -334,14 +342,15 @@ def _add_output_options(parser) -> None:
     )
 
 
-def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0):
-    """Create the CTFReader of the input and label streams for `path`."""
+def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=False):
+    """Create the CTFReader of the input and label streams for `path`. With `shard`,
+    it reads this worker's share of each minibatch, else whole minibatches."""
+    from seqlstm import distributed
     from seqlstm.reader import CTFReader, StreamSpec
-    from seqlstm.trainer import distributed_world
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    rank, world_size = distributed_world()
+    rank, world_size = distributed.rank_and_world_size() if shard else (0, 1)
     streams = {
         "features": StreamSpec(args.input_stream, args.input_dim, True),
         "labels": StreamSpec(args.label_stream, args.label_dim, False),
@@ -370,9 +379,13 @@ def setup_runtime(args):
 
 
 def run_train(args) -> None:
-    """Train with the parsed options (see build_parser for each one)."""
+    """Train with the parsed options (see build_parser for each one). Under torchrun
+    with several workers, train data-parallel (see seqlstm.distributed)."""
+    from datetime import timedelta
+
     import torch
 
+    from seqlstm import distributed
     from seqlstm.checkpoint import save_model
     from seqlstm.learner import Schedule
     from seqlstm.metrics_log import MetricsLog, TensorBoardLog
@@ -394,6 +407,12 @@ def run_train(args) -> None:
     data = args.data if args.data is not None else default_data_path()
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data}: file not found")
+    worker = distributed.init_from_environment(
+        args.device, timedelta(seconds=args.dist_timeout)
+    )
+    if worker is not None:
+        device = worker.device
+    resume = args.resume or _restarted_with_checkpoint(args.checkpoint_dir)
 
     torch.manual_seed(args.seed)
     model_config = dict(
@@ -405,7 +424,12 @@ def run_train(args) -> None:
     )
     model = SequenceClassifier(**model_config, init=args.init, device=device)
     reader = make_reader(
-        args, data, randomize=not args.no_randomize, max_sweeps=args.sweeps, seed=args.seed
+        args,
+        data,
+        randomize=not args.no_randomize,
+        max_sweeps=args.sweeps,
+        seed=args.seed,
+        shard=True,
     )
     logger.info(
         "training on %s: %s, minibatch size %d, %s, lr %s per %s, device %s",
@@ -427,6 +451,9 @@ def run_train(args) -> None:
         if args.tensorboard is not None:
             tensorboard = TensorBoardLog(args.tensorboard)
             cleanup.callback(tensorboard.close)
+        printer = None
+        if worker is None or worker.rank == 0:
+            printer = ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps)
         trainer = Trainer(
             model,
             reader,
@@ -436,7 +463,7 @@ def run_train(args) -> None:
             momentum_unit=args.momentum_unit,
             unit_gain=not args.no_unit_gain,
             minibatch_size=args.minibatch_size,
-            printer=ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps),
+            printer=printer,
             metrics_log=metrics_log,
             tensorboard=tensorboard,
             checkpoint_dir=args.checkpoint_dir,
@@ -444,7 +471,7 @@ def run_train(args) -> None:
             config={"model": model_config},
             device=device,
         )
-        if args.resume:
+        if resume:
             trainer.resume()
         trainer.train(minibatches)
 
@@ -454,6 +481,29 @@ def run_train(args) -> None:
     if args.eval_data is not None and trainer.rank == 0:
         eval_reader = make_reader(args, args.eval_data, randomize=False, max_sweeps=1)
         print_evaluation(evaluate(model, eval_reader, args.minibatch_size, device))
+
+
+def _restarted_with_checkpoint(checkpoint_dir) -> bool:
+    """Return True when torchrun has restarted this worker after a failure and a
+    checkpoint exists to resume from."""
+    import os
+
+    from seqlstm.checkpoint import CHECKPOINT_NAME
+
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restarts == 0 or checkpoint_dir is None:
+        return False
+    if not (Path(checkpoint_dir) / CHECKPOINT_NAME).is_file():
+        logger.warning(
+            "torchrun restart %d: no checkpoint in %s yet, so training starts over",
+            restarts,
+            checkpoint_dir,
+        )
+        return False
+    logger.info(
+        "torchrun restart %d: resuming from the checkpoint in %s", restarts, checkpoint_dir
+    )
+    return True
 
 
 def print_evaluation(result) -> None:
@@ -498,18 +548,34 @@ def run_plot(args) -> None:
 def main(argv=None) -> int:
     """Run the `seqlstm` command; return the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="seqlstm: %(message)s",
-        stream=sys.stderr,
-    )
+    # Under torchrun with several workers every line names its rank, and ranks other
+    # than 0 log only warnings and errors unless --verbose, so status appears once.
+    prefix = "seqlstm: "
+    level = logging.DEBUG if args.verbose else logging.INFO
+    from seqlstm import distributed
+
+    if args.command == "train" and distributed.environment_world_size() > 1:
+        rank = distributed.environment_rank()
+        prefix = f"seqlstm: rank {rank}: "
+        if rank != 0 and not args.verbose:
+            level = logging.WARNING
+    logging.basicConfig(level=level, format=prefix + "%(message)s", stream=sys.stderr)
     commands = {"train": run_train, "eval": run_eval, "plot": run_plot}
     from seqlstm.trainer import TrainingError
 
     try:
         commands[args.command](args)
-    except (UsageError, TrainingError, ValueError, OSError, ImportError) as error:
+    except (
+        UsageError,
+        TrainingError,
+        distributed.WorkerLostError,
+        ValueError,
+        OSError,
+        ImportError,
+    ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"seqlstm: error: {message}", file=sys.stderr)
+        print(f"{prefix}error: {message}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shut_down()
     return 0

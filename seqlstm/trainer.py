@@ -3,8 +3,9 @@ losses, the learner steps with a per-sample rate (seqlstm.learner), and progress
 written as CNTK's table (seqlstm.progress).
 
 With several processes (torch.distributed initialized), each process reads its share of
-every minibatch. `reduce_across_workers` is the one place where gradients and the
-minibatch totals are summed, and only rank 0 writes progress.
+every minibatch and trains through DistributedDataParallel, which sums the gradients of
+all workers in the backward pass (seqlstm.distributed). `reduce_across_workers` sums the
+minibatch totals, and only rank 0 writes progress and checkpoints.
 """
 
 import logging
@@ -14,8 +15,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
+from seqlstm import distributed
 from seqlstm.checkpoint import load_checkpoint, save_checkpoint
 from seqlstm.learner import CNTKSGD, Schedule, describe_value
 from seqlstm.metrics_log import MetricsLog, TensorBoardLog
@@ -85,13 +86,6 @@ def classification_error(logits: torch.Tensor, labels: torch.Tensor):
     return (logits.argmax(dim=1) != labels.argmax(dim=1)).to(logits.dtype)
 
 
-def distributed_world() -> tuple[int, int]:
-    """Return (rank, world_size): (0, 1) unless torch.distributed is initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class TrainState:
     """Counters that a checkpoint restores alongside model, learner and reader."""
@@ -155,7 +149,11 @@ class Trainer:
             momentum_unit=momentum_unit,
             unit_gain=unit_gain,
         )
-        self.rank, self.world_size = distributed_world()
+        self.rank, self.world_size = distributed.rank_and_world_size()
+        # The module that runs forward and backward; checkpoints save the bare model.
+        self.network = model
+        if self.world_size > 1:
+            self.network = distributed.wrap_model(model, torch.device(device))
         self.printer = printer if self.rank == 0 else None
         self.metrics_log = metrics_log if self.rank == 0 else None
         self.tensorboard = tensorboard if self.rank == 0 else None
@@ -165,18 +163,14 @@ class Trainer:
         self.device = torch.device(device)
         self.state = TrainState()
 
-    # Gradient and totals reduction: the one place where workers exchange data.
+    # Reduction across workers. DistributedDataParallel sums the gradients during
+    # backward (see seqlstm.distributed.wrap_model), and the totals are summed here.
     def reduce_across_workers(self, totals: torch.Tensor) -> torch.Tensor:
-        """Sum the gradients and `totals` (loss sum, error count, sequences) over all
-        workers; with one process this returns `totals` unchanged."""
+        """Sum `totals` (loss sum, error count, sequences) over all workers; with one
+        process this returns `totals` unchanged."""
         if self.world_size == 1:
             return totals
-        for param in self.trained_parameters:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad)
-        dist.all_reduce(totals)
-        return totals
+        return distributed.all_reduce_sum(totals)
 
     def train_minibatch(self, minibatch) -> tuple[float, float, int]:
         """Train on one minibatch, advance the counters in `state`, and return the
@@ -187,16 +181,21 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        if minibatch.num_sequences > 0:
-            batch = make_batch(minibatch, self.device)
-            logits = self.model(batch.indices, batch.values, batch.offsets, batch.lengths)
-            loss = cross_entropy_with_softmax(logits, batch.labels).sum()
-            loss.backward()
-            errors = classification_error(logits.detach(), batch.labels).sum()
-            totals[0] = loss.detach()
-            totals[1] = errors
-            totals[2] = batch.num_sequences
-        totals = self.reduce_across_workers(totals)
+        with distributed.collective_failure(f"minibatch {self.state.minibatches + 1}"):
+            if minibatch.num_sequences > 0:
+                batch = make_batch(minibatch, self.device)
+                logits = self.network(
+                    batch.indices, batch.values, batch.offsets, batch.lengths
+                )
+                loss = cross_entropy_with_softmax(logits, batch.labels).sum()
+                loss.backward()
+                errors = classification_error(logits.detach(), batch.labels).sum()
+                totals[0] = loss.detach()
+                totals[1] = errors
+                totals[2] = batch.num_sequences
+            elif self.world_size > 1:
+                self._backward_zero_gradients()
+            totals = self.reduce_across_workers(totals)
         loss_sum, error_sum, sequences = totals.tolist()
         number = self.state.minibatches + 1
         if not math.isfinite(loss_sum):
@@ -219,6 +218,16 @@ class Trainer:
         self.state.samples_seen += int(sequences)
         self.state.last_metric = error_sum / sequences if sequences else 0.0
         return loss_sum, error_sum, int(sequences)
+
+    def _backward_zero_gradients(self) -> None:
+        """Join the gradient all-reduce with zero gradients, for a worker whose share
+        of the minibatch is empty: DDP reduces only when every worker runs backward."""
+        indices = torch.zeros(1, dtype=torch.int64, device=self.device)
+        values = torch.zeros(1, dtype=torch.float32, device=self.device)
+        offsets = torch.tensor([0, 1], dtype=torch.int64, device=self.device)
+        lengths = torch.ones(1, dtype=torch.int64)
+        logits = self.network(indices, values, offsets, lengths)
+        (logits.sum() * 0.0).backward()
 
     def train(self, minibatches: int | None = None) -> TrainState:
         """Train until `minibatches` minibatches are done in all (counting those before a
