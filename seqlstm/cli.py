@@ -473,6 +473,8 @@ def run_train(args) -> None:
         )
         if resume:
             trainer.resume()
+        if worker is not None:
+            distributed.check_resumed_together(trainer.state.minibatches, device)
         trainer.train(minibatches)
 
     if args.save is not None and trainer.rank == 0:

@@ -102,6 +102,9 @@ def init_from_environment(device_type: str, timeout: timedelta = DEFAULT_TIMEOUT
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
+            store=_restart_store(world_size, timeout),
+            rank=rank if _uses_agent_store() else -1,
+            world_size=world_size if _uses_agent_store() else -1,
             timeout=timeout,
             device_id=device if backend == "nccl" else None,
         )
@@ -113,6 +116,33 @@ def init_from_environment(device_type: str, timeout: timedelta = DEFAULT_TIMEOUT
         device,
     )
     return Worker(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def _uses_agent_store() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def _restart_store(world_size: int, timeout: timedelta):
+    """Return the key-value store for the process group, or None for torch's default
+    (env://) when no torchrun agent serves one.
+
+    The store that torchrun's agent serves at MASTER_ADDR:MASTER_PORT outlives the
+    workers, so after a restart (--max-restarts) the new workers would read the
+    connection keys that the failed ones wrote and fail to connect (torch 2.14 with
+    the static and the c10d rendezvous). Each restart therefore gets its own key
+    prefix, numbered by TORCHELASTIC_RESTART_COUNT.
+    """
+    if not _uses_agent_store():
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        _environment_int("MASTER_PORT"),
+        world_size,
+        is_master=False,
+        timeout=timeout,
+    )
+    restart = _environment_int("TORCHELASTIC_RESTART_COUNT", default=0)
+    return dist.PrefixStore(f"seqlstm/restart_{restart}/", store)
 
 
 def shut_down() -> None:
@@ -166,6 +196,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all workers in place and return it."""
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def check_resumed_together(minibatches: int, device: torch.device) -> None:
+    """Check that every worker resumes after the same number of minibatches.
+
+    Raises:
+        ValueError: the workers differ, as when the checkpoint folder is not shared by
+            all nodes, so that some workers find no checkpoint and start over.
+    """
+    if rank_and_world_size()[1] == 1:
+        return
+    bounds = torch.tensor([minibatches, -minibatches], dtype=torch.int64, device=device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    highest, lowest = int(bounds[0]), -int(bounds[1])
+    if highest != lowest:
+        raise ValueError(
+            f"the workers resume after different minibatches ({lowest} to {highest}); "
+            f"every worker reads the checkpoint in --checkpoint-dir, so put it on a "
+            f"file system that all nodes share"
+        )
 
 
 @contextmanager
