@@ -3,8 +3,9 @@
 reference model, in one process and one run, and print both times and their ratio.
 
 Both models start from the same weights and train on the same minibatches, read once
-before timing. Before timing, the script checks that the two models' losses on the first
-minibatches agree.
+before timing. The two training steps alternate minibatch by minibatch, so that both
+see the same load on a shared machine. Before timing, the script checks that the two
+models' losses agree on the first minibatches.
 
 Usage: python bench/bench_train.py [--minibatches 255] [--threads N] [--device cpu]
 """
@@ -38,40 +39,49 @@ def read_minibatches(count: int, minibatch_size: int, seed: int):
     return minibatches, time.perf_counter() - start
 
 
-def train_seqlstm(model, minibatches, lr, device):
-    """Train with seqlstm's Trainer; return the per-minibatch average losses."""
-    # train_minibatch takes the minibatches directly, so the trainer needs no reader.
-    trainer = Trainer(model, reader=None, lr=Schedule.constant(lr), device=device)
-    losses = []
-    for minibatch in minibatches:
-        loss_sum, _, sequences = trainer.train_minibatch(minibatch)
-        losses.append(loss_sum / sequences)
-    return losses
+class SeqlstmJob:
+    """One training step of seqlstm's Trainer; returns the minibatch's average loss."""
+
+    def __init__(self, model, lr, device):
+        # train_minibatch takes the minibatches directly, so the trainer needs no reader.
+        self.trainer = Trainer(
+            model, reader=None, lr=Schedule.constant(lr), device=device
+        )
+
+    def step(self, minibatch) -> float:
+        loss_sum, _, sequences = self.trainer.train_minibatch(minibatch)
+        return loss_sum / sequences
 
 
-def train_reference(model, minibatches, lr, device):
-    """Train the plain-PyTorch model with torch.optim.SGD on the summed loss."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    losses = []
-    for minibatch in minibatches:
-        batch = make_batch(minibatch, device)
-        logits = model(batch.indices, batch.values, batch.offsets, batch.lengths)
+class ReferenceJob:
+    """One step of the plain-PyTorch model with torch.optim.SGD on the summed loss."""
+
+    def __init__(self, model, lr, device):
+        self.model = model
+        self.device = device
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step(self, minibatch) -> float:
+        batch = make_batch(minibatch, self.device)
+        logits = self.model(batch.indices, batch.values, batch.offsets, batch.lengths)
         loss = F.cross_entropy(logits, batch.labels.argmax(dim=1), reduction="sum")
-        optimizer.zero_grad()
+        self.optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-        losses.append(loss.item() / batch.num_sequences)
-    return losses
+        self.optimizer.step()
+        return loss.item() / batch.num_sequences
 
 
-def timed(function, *args):
-    if torch.cuda.is_available():
+def make_jobs(weights, lr, device):
+    model = SequenceClassifier(device=device)
+    model.load_state_dict(weights)
+    reference = ReferenceClassifier().to(device)
+    reference.copy_from(model)
+    return SeqlstmJob(model, lr, device), ReferenceJob(reference, lr, device)
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = function(*args)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -91,39 +101,49 @@ def main() -> None:
         args.minibatches, args.minibatch_size, args.seed
     )
     torch.manual_seed(args.seed)
-    model = SequenceClassifier(device=device)
-    reference = ReferenceClassifier().to(device)
-    reference.copy_from(model)
+    weights = SequenceClassifier().state_dict()
 
-    # Check first: both models, from the same weights, give the same losses.
-    check_count = min(5, len(minibatches))
-    check_model = SequenceClassifier(device=device)
-    check_model.load_state_dict(model.state_dict())
-    check_reference = ReferenceClassifier().to(device)
-    check_reference.copy_from(model)
-    ours = train_seqlstm(check_model, minibatches[:check_count], args.lr, device)
-    theirs = train_reference(check_reference, minibatches[:check_count], args.lr, device)
-    worst = max(abs(a - b) for a, b in zip(ours, theirs))
-    if worst > 1e-4:
-        raise SystemExit(f"the models disagree before timing: max loss difference {worst}")
+    # Check first: from the same weights, both give the same losses.
+    ours, theirs = make_jobs(weights, args.lr, device)
+    for number, minibatch in enumerate(minibatches[:5], start=1):
+        difference = abs(ours.step(minibatch) - theirs.step(minibatch))
+        if difference > 1e-4:
+            raise SystemExit(
+                f"minibatch {number}: the models' losses differ by {difference}"
+            )
 
-    seqlstm_losses, seqlstm_seconds = timed(
-        train_seqlstm, model, minibatches, args.lr, device
+    ours, theirs = make_jobs(weights, args.lr, device)
+    seconds = {"seqlstm": 0.0, "reference": 0.0}
+    losses = {"seqlstm": 0.0, "reference": 0.0}
+    for minibatch in minibatches:
+        for name, job in (("seqlstm", ours), ("reference", theirs)):
+            synchronize(device)
+            start = time.perf_counter()
+            losses[name] = job.step(minibatch)
+            synchronize(device)
+            seconds[name] += time.perf_counter() - start
+
+    print(
+        f"command: python bench/bench_train.py --minibatches {args.minibatches} "
+        f"--device {args.device}"
+        + (f" --threads {args.threads}" if args.threads is not None else "")
     )
-    reference_losses, reference_seconds = timed(
-        train_reference, reference, minibatches, args.lr, device
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, float32"
     )
-
-    print(f"command: python bench/bench_train.py --minibatches {args.minibatches} "
-          f"--device {args.device}")
-    print(f"machine: {platform.processor() or platform.machine()}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, float32")
-    print(f"minibatches: {len(minibatches)} of {args.minibatch_size} samples, "
-          f"{sum(m.num_sequences for m in minibatches)} sequences")
-    print(f"reading (shared, not in the times below): {read_seconds:.3f} s")
-    print(f"seqlstm:   {seqlstm_seconds:.3f} s, last loss {seqlstm_losses[-1]:.4f}")
-    print(f"reference: {reference_seconds:.3f} s, last loss {reference_losses[-1]:.4f}")
-    print(f"speedup (reference / seqlstm): {reference_seconds / seqlstm_seconds:.2f}x")
+    print(
+        f"minibatches: {len(minibatches)} of {args.minibatch_size} samples, "
+        f"{sum(m.num_sequences for m in minibatches)} sequences"
+    )
+    print(f"reading (once, not in the times below): {read_seconds:.3f} s")
+    for name in ("seqlstm", "reference"):
+        print(
+            f"{name:9}: {seconds[name]:.3f} s, last minibatch loss {losses[name]:.4f}"
+        )
+    print(
+        f"speedup (reference / seqlstm): {seconds['reference'] / seconds['seqlstm']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

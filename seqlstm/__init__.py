@@ -6,9 +6,9 @@ _C = load_extension()
 
 from seqlstm import ops  # noqa: E402  (registers fake kernels and autograd)
 from seqlstm.embedding import SparseEmbedding  # noqa: E402
+from seqlstm.reader import CTFReader, StreamSpec, read_ctf  # noqa: E402
 from seqlstm.lstm import LSTM  # noqa: E402
 from seqlstm import packing  # noqa: E402
-from seqlstm.reader import CTFReader, StreamSpec, read_ctf  # noqa: E402
 
 __version__ = "0.1.0"
 

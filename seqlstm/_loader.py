@@ -1,24 +1,35 @@
 """Load the compiled extension, or explain how to rebuild it when it does not match torch."""
 
+import importlib
+import importlib.util
 import json
 from importlib import resources
 
 import torch
 
+REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps -e ."
+
 
 def _build_record() -> dict:
-    try:
-        text = resources.files("seqlstm").joinpath("_build_info.json").read_text()
-    except FileNotFoundError:
+    """Return what setup.py recorded at build time, or {} when there is no record."""
+    record = resources.files("seqlstm").joinpath("_build_info.json")
+    if not record.is_file():
         return {}
-    return json.loads(text)
-
-
-REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps ."
+    return json.loads(record.read_text())
 
 
 def load_extension():
-    """Import seqlstm._C, raising ImportError that names both torch versions on a mismatch."""
+    """Import seqlstm._C.
+
+    Raises:
+        ImportError: the extension is missing, or was built against another torch (the
+            message names both versions), with the command that rebuilds it.
+    """
+    if importlib.util.find_spec("seqlstm._C") is None:
+        raise ImportError(
+            "seqlstm._C is not built. Build it from the seqlstm source folder with: "
+            f"{REBUILD_COMMAND}"
+        )
     built_with = _build_record().get("torch_version")
     if built_with is not None and built_with != torch.__version__:
         raise ImportError(
@@ -27,11 +38,10 @@ def load_extension():
             f"folder with: {REBUILD_COMMAND}"
         )
     try:
-        from seqlstm import _C
+        return importlib.import_module("seqlstm._C")
     except ImportError as error:
         raise ImportError(
-            f"seqlstm._C could not be loaded ({error}). If torch was upgraded since "
-            f"seqlstm was built, rebuild it from the seqlstm source folder with: "
+            f"seqlstm._C could not be loaded ({error}). If torch changed since seqlstm "
+            f"was built, rebuild it from the seqlstm source folder with: "
             f"{REBUILD_COMMAND}"
         ) from error
-    return _C

@@ -6,6 +6,7 @@ leaves either the old file or the new one, never a partial file.
 """
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -48,11 +49,13 @@ def _load(path: Path, expected_format: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        # weights_only=False because the file contains the reader's state, plain Python
-        # values written by this package.
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable {expected_format} file ({error})") from None
+        # weights_only=True: the files hold only tensors and plain Python values, and
+        # it keeps a crafted file from running code through pickle.
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        raise ValueError(
+            f"{path}: not a readable {expected_format} file ({error})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != expected_format:
         raise ValueError(f"{path}: not a {expected_format} file")
     if data.get("version") != FORMAT_VERSION:

@@ -16,6 +16,50 @@ from pathlib import Path
 logger = logging.getLogger("seqlstm")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Log handler that writes to whatever sys.stderr is at the time of each record, so
+    that a redirected stderr (as in tests) receives the records."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(verbose: bool, prefix: str = "seqlstm: ", quiet: bool = False):
+    """Send the package's log records to stderr as `{prefix}message` lines. `quiet`
+    keeps only warnings and errors, unless `verbose`."""
+    package_logger = logging.getLogger("seqlstm")
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
+    package_logger.setLevel(level)
+    handler = next(
+        (h for h in package_logger.handlers if isinstance(h, StderrHandler)), None
+    )
+    if handler is None:
+        handler = StderrHandler()
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+
+
+def log_prefix(command: str) -> tuple[str, int | None]:
+    """Return the prefix of log and error lines and this worker's rank: under torchrun
+    with several workers, `train` names the rank in every line."""
+    from seqlstm import distributed
+
+    if command != "train" or distributed.environment_world_size() == 1:
+        return "seqlstm: ", None
+    rank = distributed.environment_rank()
+    return f"seqlstm: rank {rank}: ", rank
+
+
 class UsageError(Exception):
     """An invalid combination of options."""
 
@@ -119,7 +163,9 @@ def add_runtime_options(parser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for torch operators (default: torch's choice)",
+        help="CPU threads for torch operators (default: torch's choice). The "
+        "tutorial's model is small enough that 1 thread is often fastest, and much "
+        "faster when other processes compete for the cores",
     )
 
 
@@ -140,7 +186,9 @@ def build_parser() -> ArgumentParser:
         "cross-entropy and SGD, as CNTK's sequence-classification example does. "
         "Defaults reproduce that example.",
     )
-    train.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
+    train.add_argument(
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
     add_data_options(train, randomized=True)
     _add_model_options(train)
     _add_training_options(train)
@@ -153,9 +201,14 @@ def build_parser() -> ArgumentParser:
         description="Evaluate a model written by `train --save` over one sweep of a "
         "CTF file, in file order, and print the average loss and error rate.",
     )
-    evaluate.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
     evaluate.add_argument(
-        "--model", required=True, metavar="PATH", help="model file written by train --save"
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="model file written by train --save",
     )
     add_data_options(evaluate, randomized=False)
     add_runtime_options(evaluate)
@@ -166,7 +219,9 @@ def build_parser() -> ArgumentParser:
         description="Draw loss and error rate against samples seen from a metrics log "
         "written by `train --metrics-log`.",
     )
-    plot.add_argument("--verbose", action="store_true", help="log debug messages to stderr")
+    plot.add_argument(
+        "--verbose", action="store_true", help="log debug messages to stderr"
+    )
     plot.add_argument("log", metavar="LOG", help="metrics log (JSON lines)")
     plot.add_argument(
         "-o",
@@ -323,8 +378,8 @@ def _add_output_options(parser) -> None:
     group.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint in --checkpoint-dir; the result is "
-        "bit-identical to a run that was never stopped",
+        help="continue from the checkpoint in --checkpoint-dir; with the same options "
+        "and thread count the result is bit-identical to a run that was never stopped",
     )
     group.add_argument(
         "--metrics-log",
@@ -342,9 +397,9 @@ def _add_output_options(parser) -> None:
     )
 
 
-def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=False):
+def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=True):
     """Create the CTFReader of the input and label streams for `path`. With `shard`,
-    it reads this worker's share of each minibatch, else whole minibatches."""
+    each process of a distributed run reads its own share of every minibatch."""
     from seqlstm import distributed
     from seqlstm.reader import CTFReader, StreamSpec
 
@@ -399,14 +454,17 @@ def run_train(args) -> None:
     momentum = Schedule.parse(args.momentum, args.schedule_unit)
     for _, value in momentum.values:
         if not 0.0 <= value < 1.0:
-            raise UsageError(f"--momentum values must be in [0, 1), got {args.momentum}")
+            raise UsageError(
+                f"--momentum values must be in [0, 1), got {args.momentum}"
+            )
     minibatches = args.minibatches
     if minibatches is None and args.sweeps is None:
         minibatches = 255
     device = setup_runtime(args)
     data = args.data if args.data is not None else default_data_path()
-    if not Path(data).is_file():
-        raise FileNotFoundError(f"{data}: file not found")
+    for path in (data, args.eval_data):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: file not found")
     worker = distributed.init_from_environment(
         args.device, timedelta(seconds=args.dist_timeout)
     )
@@ -415,13 +473,13 @@ def run_train(args) -> None:
     resume = args.resume or _restarted_with_checkpoint(args.checkpoint_dir)
 
     torch.manual_seed(args.seed)
-    model_config = dict(
-        input_dim=args.input_dim,
-        num_classes=args.label_dim,
-        embedding_dim=args.embedding_dim,
-        hidden_size=args.hidden_size,
-        proj_size=args.proj_size,
-    )
+    model_config = {
+        "input_dim": args.input_dim,
+        "num_classes": args.label_dim,
+        "embedding_dim": args.embedding_dim,
+        "hidden_size": args.hidden_size,
+        "proj_size": args.proj_size,
+    }
     model = SequenceClassifier(**model_config, init=args.init, device=device)
     reader = make_reader(
         args,
@@ -429,7 +487,6 @@ def run_train(args) -> None:
         randomize=not args.no_randomize,
         max_sweeps=args.sweeps,
         seed=args.seed,
-        shard=True,
     )
     logger.info(
         "training on %s: %s, minibatch size %d, %s, lr %s per %s, device %s",
@@ -451,6 +508,7 @@ def run_train(args) -> None:
         if args.tensorboard is not None:
             tensorboard = TensorBoardLog(args.tensorboard)
             cleanup.callback(tensorboard.close)
+        # The table is written by one process only, header included.
         printer = None
         if worker is None or worker.rank == 0:
             printer = ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps)
@@ -475,13 +533,21 @@ def run_train(args) -> None:
             trainer.resume()
         if worker is not None:
             distributed.check_resumed_together(trainer.state.minibatches, device)
-        trainer.train(minibatches)
+        state = trainer.train(minibatches)
+    logger.info(
+        "trained %d minibatches, %d sequences, in %.2f s",
+        state.minibatches,
+        state.samples_seen,
+        state.elapsed_seconds,
+    )
 
     if args.save is not None and trainer.rank == 0:
         save_model(model, args.save)
         logger.info("model written to %s", args.save)
     if args.eval_data is not None and trainer.rank == 0:
-        eval_reader = make_reader(args, args.eval_data, randomize=False, max_sweeps=1)
+        eval_reader = make_reader(
+            args, args.eval_data, randomize=False, max_sweeps=1, shard=False
+        )
         print_evaluation(evaluate(model, eval_reader, args.minibatch_size, device))
 
 
@@ -535,7 +601,7 @@ def run_eval(args) -> None:
             f"and {args.label_dim}"
         )
     data = args.data if args.data is not None else default_data_path()
-    reader = make_reader(args, data, randomize=False, max_sweeps=1)
+    reader = make_reader(args, data, randomize=False, max_sweeps=1, shard=False)
     print_evaluation(evaluate(model, reader, args.minibatch_size, device))
 
 
@@ -550,19 +616,11 @@ def run_plot(args) -> None:
 def main(argv=None) -> int:
     """Run the `seqlstm` command; return the exit status."""
     args = build_parser().parse_args(argv)
-    # Under torchrun with several workers every line names its rank, and ranks other
-    # than 0 log only warnings and errors unless --verbose, so status appears once.
-    prefix = "seqlstm: "
-    level = logging.DEBUG if args.verbose else logging.INFO
-    from seqlstm import distributed
-
-    if args.command == "train" and distributed.environment_world_size() > 1:
-        rank = distributed.environment_rank()
-        prefix = f"seqlstm: rank {rank}: "
-        if rank != 0 and not args.verbose:
-            level = logging.WARNING
-    logging.basicConfig(level=level, format=prefix + "%(message)s", stream=sys.stderr)
+    # Ranks other than 0 log only warnings and errors, so that status appears once.
+    prefix, rank = log_prefix(args.command)
+    configure_logging(args.verbose, prefix, quiet=rank not in (None, 0))
     commands = {"train": run_train, "eval": run_eval, "plot": run_plot}
+    from seqlstm import distributed
     from seqlstm.trainer import TrainingError
 
     try:

@@ -1,5 +1,5 @@
-"""CNTK Text Format (CTF) files through the C++ parser: stream declarations, conversion of
-parsed arrays to tensors, and read_ctf for loading a whole small file."""
+"""CNTK Text Format (CTF) files through the C++ parser: stream declarations, conversion
+of parsed arrays to tensors, and read_ctf for loading a whole small file."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def check_streams(streams) -> dict[str, StreamSpec]:
     """Validate a stream declaration and return it as a dict of StreamSpec.
 
     Args:
-        streams: dict from stream name to StreamSpec, or to an (alias, dim, sparse) tuple.
+        streams: dict from stream name to StreamSpec, or to an (alias, dim, sparse)
+            tuple.
 
     Raises:
         TypeError: streams is not a dict, or an entry is not a StreamSpec or a 3-tuple.
@@ -52,7 +53,8 @@ def check_streams(streams) -> dict[str, StreamSpec]:
     """
     if not isinstance(streams, dict):
         raise TypeError(
-            f"streams must be a dict from name to StreamSpec, got {type(streams).__name__}"
+            "streams must be a dict from name to StreamSpec, "
+            f"got {type(streams).__name__}"
         )
     if not streams:
         raise ValueError("streams must declare at least one stream, got an empty dict")
@@ -63,7 +65,8 @@ def check_streams(streams) -> dict[str, StreamSpec]:
             raise TypeError(f"streams keys must be str, got {name!r}")
         if not isinstance(spec, tuple) or len(spec) != 3:
             raise TypeError(
-                f"streams[{name!r}] must be StreamSpec(alias, dim, sparse), got {spec!r}"
+                f"streams[{name!r}] must be StreamSpec(alias, dim, sparse), "
+                f"got {spec!r}"
             )
         alias, dim, sparse = spec
         if not isinstance(alias, str) or not alias:
@@ -139,19 +142,17 @@ def read_ctf(path, streams) -> list[CtfSequence]:
     ctf_file = open_ctf(path)
     index = ctf_file.index(DEFAULT_CHUNK_SIZE)
     sequences: list[CtfSequence] = []
+    # Each chunk is parsed as one range, which the parser splits into sequences.
     for begin, end, first_line in zip(
         index["begin"], index["end"], index["first_line"]
     ):
-        table = ctf_file.scan_chunk(
-            index["has_ids"], int(begin), int(end), int(first_line)
-        )
         parsed = parse_tables(
             ctf_file,
             index["has_ids"],
             specs,
-            table["begin"],
-            table["end"],
-            table["first_line"],
+            [begin],
+            [end],
+            [first_line],
             max_skipped=0,
         )
         log_warnings(parsed)

@@ -108,8 +108,14 @@ class CNTKSGD(torch.optim.Optimizer):
     ):
         for name, unit in (("lr_unit", lr_unit), ("momentum_unit", momentum_unit)):
             if unit not in UNITS:
-                raise ValueError(f"{name} must be 'sample' or 'minibatch', got {unit!r}")
-        defaults = dict(lr_unit=lr_unit, momentum_unit=momentum_unit, unit_gain=unit_gain)
+                raise ValueError(
+                    f"{name} must be 'sample' or 'minibatch', got {unit!r}"
+                )
+        defaults = {
+            "lr_unit": lr_unit,
+            "momentum_unit": momentum_unit,
+            "unit_gain": unit_gain,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -123,13 +129,16 @@ class CNTKSGD(torch.optim.Optimizer):
             m = momentum
             if group["momentum_unit"] == "sample":
                 m = momentum**num_samples
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if m == 0.0 and not any(p in self.state for p in params):
+                # Plain SGD, one fused call over all parameters.
+                grads = [p.grad for p in params]
+                torch._foreach_add_(params, grads, alpha=-rate)
+                continue
+            for param in params:
                 state = self.state[param]
-                if m == 0.0 and "smoothed_gradient" not in state:
-                    param.add_(param.grad, alpha=-rate)
-                    continue
                 if "smoothed_gradient" not in state:
                     state["smoothed_gradient"] = torch.zeros_like(param)
                 smoothed = state["smoothed_gradient"]

@@ -54,7 +54,9 @@ def read_metrics_log(path) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+                raise ValueError(
+                    f"{path}:{number}: invalid JSON ({error.msg})"
+                ) from None
             required = {"minibatch", "samples", "loss", "metric"}
             if not isinstance(record, dict) or not required <= set(record):
                 raise ValueError(

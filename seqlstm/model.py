@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqlstm.embedding import SparseEmbedding
+from seqlstm.lstm import LSTM
+from seqlstm.packing import pack_order
 
 INITS = ("cntk", "torch")
 
@@ -31,7 +33,7 @@ class SequenceClassifier(nn.Module):
     """Embedding, one LSTM layer with an optional projection, and a dense layer on the
     last step of each sequence.
 
-    CNTK's LSTM has one bias per gate. The LSTM here keeps torch.nn.LSTM's two bias
+    CNTK's LSTM has one bias vector. The LSTM here keeps torch.nn.LSTM's two bias
     vectors, so bias_hh_l0 is held at zero and frozen (requires_grad False) and
     bias_ih_l0 is the one trained bias.
 
@@ -57,17 +59,15 @@ class SequenceClassifier(nn.Module):
         device=None,
     ):
         super().__init__()
-        from seqlstm.lstm import LSTM
-
         if init not in INITS:
             raise ValueError(f"init must be 'cntk' or 'torch', got {init!r}")
-        self.config = dict(
-            input_dim=input_dim,
-            num_classes=num_classes,
-            embedding_dim=embedding_dim,
-            hidden_size=hidden_size,
-            proj_size=proj_size,
-        )
+        self.config = {
+            "input_dim": input_dim,
+            "num_classes": num_classes,
+            "embedding_dim": embedding_dim,
+            "hidden_size": hidden_size,
+            "proj_size": proj_size,
+        }
         self.embedding = SparseEmbedding(input_dim, embedding_dim, device=device)
         self.lstm = LSTM(embedding_dim, hidden_size, proj_size=proj_size, device=device)
         output_size = proj_size if proj_size > 0 else hidden_size
@@ -77,7 +77,7 @@ class SequenceClassifier(nn.Module):
     def reset_parameters(self, init: str = "cntk") -> None:
         """Draw all weights again with `init` (see the class docstring)."""
         if init == "cntk":
-            for name, param in self.named_parameters():
+            for param in self.parameters():
                 if param.dim() == 2:
                     glorot_uniform_(param)
                 else:
@@ -108,8 +108,6 @@ class SequenceClassifier(nn.Module):
         Returns:
             (N, C) logits, in the order of `lengths`.
         """
-        from seqlstm.packing import pack_order
-
         order = pack_order(lengths.cpu())
         device = indices.device
         embedded = self.embedding(

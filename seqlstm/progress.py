@@ -37,7 +37,9 @@ def format_geometric_line(
     )
 
 
-def format_minibatch_line(first: int, last: int, loss: float, metric: float, samples: int):
+def format_minibatch_line(
+    first: int, last: int, loss: float, metric: float, samples: int
+):
     """Format a line of the every-N-minibatches schedule: the range of minibatches, the
     average loss and the metric as a percentage, each with the samples it covers."""
     return (

@@ -46,7 +46,7 @@ STATE_VERSION = 1
 MAX_LOGGED_WARNINGS = 100
 
 
-@dataclass
+@dataclass(eq=False)
 class StreamBatch:
     """The samples of one stream in a minibatch, sequence-major.
 
@@ -54,8 +54,8 @@ class StreamBatch:
         lengths: int64 (N,), samples of this stream per sequence.
         values: float32, (nnz,) for a sparse stream, (samples, dim) for a dense one.
         indices: int64 (nnz,) for a sparse stream, None for a dense one.
-        offsets: int64 (samples + 1,) for a sparse stream, None for a dense one. Sample s
-            has the entries [offsets[s], offsets[s + 1]).
+        offsets: int64 (samples + 1,) for a sparse stream, None for a dense one.
+            Sample s has the entries [offsets[s], offsets[s + 1]).
     """
 
     lengths: torch.Tensor
@@ -74,7 +74,7 @@ class StreamBatch:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Minibatch:
     """Whole sequences of one minibatch, this worker's share of them.
 
@@ -111,32 +111,44 @@ class Minibatch:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Window:
-    """Sequences of one randomization window, in the order the sweep visits them."""
+    """Sequences of one randomization window: their byte ranges, first lines and line
+    counts in file order, and the order in which the sweep visits them."""
 
     start: int  # position in the sweep of its first sequence
     chunks: np.ndarray  # chunk numbers it was built from
-    begin: np.ndarray  # int64 (sequences,) byte ranges and first lines
-    end: np.ndarray
-    first_line: np.ndarray
-    num_lines: np.ndarray
-    id: np.ndarray
+    begin: np.ndarray  # int64 (sequences,)
+    end: np.ndarray  # int64 (sequences,)
+    first_line: np.ndarray  # int64 (sequences,)
+    num_lines: np.ndarray  # int64 (sequences,)
+    order: np.ndarray | None  # int64 (sequences,) visit order, None for file order
+
+    def visit(self, first: int, last: int):
+        """Return the index of the sequences visited at positions [first, last)."""
+        return slice(first, last) if self.order is None else self.order[first:last]
 
 
 class CTFReader:
     """Read minibatches of whole sequences from a CTF file, as CNTK's MinibatchSource
     with a CTFDeserializer does.
 
-    The file is indexed once into chunks of whole sequences, about chunk_size bytes each.
-    With randomize on, each sweep visits the chunks in a random order, and the sequences
-    of each group of randomization_window consecutive chunks in a random order too. Only
-    the groups in use are listed in memory and the file is memory-mapped, so files larger
-    than memory can be read. The same seed gives the same order in every run.
+    The file is indexed once into chunks of whole sequences, about chunk_size bytes
+    each. With randomize on, each sweep visits the chunks in a random order, and the
+    sequences of each group of randomization_window consecutive chunks in a random order
+    too. Only the groups in use are listed in memory and the file is memory-mapped, so
+    files larger than memory can be read. The same seed gives the same order in every
+    run.
 
-    NOTE: the windows are disjoint groups of chunks, not CNTK's window that slides by one
-    chunk, and the shuffles use numpy's PCG64, not CNTK's mt19937_64, so the order
-    differs from CNTK's while every sweep is still a permutation of all sequences.
+    NOTE: the windows are disjoint groups of chunks, where CNTK's window slides by one
+    chunk, and the shuffles use numpy's PCG64 in place of CNTK's mt19937_64. So the
+    order differs from CNTK's, while every sweep is still a permutation of all
+    sequences.
+
+    Memory: about 40 bytes per sequence of the listed windows (the current one and at
+    most one before it), plus the mapped file pages of the chunks read from them. With
+    the defaults a window covers 4 GiB of text, so lower chunk_size or
+    randomization_window to read files larger than memory.
 
     Args:
         path: the CTF file.
@@ -148,9 +160,10 @@ class CTFReader:
         seed: seed of the shuffles. Sweep k uses seed and k, so sweeps differ.
         chunk_size: bytes per chunk; a chunk never splits a sequence.
         randomization_window: chunks per randomization window (CNTK's default is 128).
-        max_errors: malformed sequences to skip, each logged with its `path:line:`,
-            before an error is raised. 0 raises at the first malformed sequence, as CNTK's
-            default does. A declared stream missing from a sequence always raises.
+        max_errors: malformed sequences to skip, each logged with its
+            `path:line:`, before an error is raised. 0 raises at the first malformed
+            sequence, as CNTK's default does. A declared stream missing from a
+            sequence always raises.
         worker_rank, num_workers: this worker's shard. All workers form the same global
             minibatches; this one keeps the sequences at positions k with
             k % num_workers == worker_rank, and parses only those.
@@ -258,7 +271,7 @@ class CTFReader:
             window = self._window_at(self._sweep, self._position)
             offset = self._position - window.start
             # Each sequence has at least one line, so num_samples sequences are enough.
-            candidates = window.num_lines[offset : offset + num_samples]
+            candidates = window.num_lines[window.visit(offset, offset + num_samples)]
             totals = np.cumsum(candidates) + taken_samples
             count = int(np.searchsorted(totals, num_samples, side="right"))
             if taken_sequences == 0:
@@ -277,7 +290,9 @@ class CTFReader:
                 break
 
         selected = {
-            name: np.concatenate([getattr(w, name)[a:b] for w, a, b in pieces])
+            name: np.concatenate(
+                [getattr(w, name)[w.visit(a, b)] for w, a, b in pieces]
+            )
             for name in ("begin", "end", "first_line", "num_lines")
         }
         share = slice(self.worker_rank, None, self.num_workers)
@@ -343,8 +358,9 @@ class CTFReader:
             expected = getattr(self, key)
             if state[key] != expected:
                 raise ValueError(
-                    f"state[{key!r}] is {state[key]!r}, but this reader has {expected!r}; "
-                    f"the saved position only applies to the same file and settings"
+                    f"state[{key!r}] is {state[key]!r}, "
+                    f"but this reader has {expected!r}. "
+                    f"The saved position applies only to the same file and settings"
                 )
         sweep, position = state["sweep"], state["position"]
         _check_int("state['sweep']", sweep, minimum=0)
@@ -360,9 +376,9 @@ class CTFReader:
         self._skipped_sequences = int(state["skipped_sequences"])
 
     # Sweep order --------------------------------------------------------------------
-    # Sweep k visits the chunks in the order permutation(seed, k), cut into windows of
-    # randomization_window chunks; window w lists its chunks' sequences and shuffles
-    # them with (seed, k, w). Every window is a function of (seed, k, w) alone, so
+    # Sweep k visits the chunks in the order permutation(seed, k), cut into windows
+    # of randomization_window chunks. Window w lists its chunks' sequences and
+    # shuffles them with (seed, k, w). Every window depends on (seed, k, w) alone, so
     # resuming needs only the sweep and the position within it.
 
     def _finished(self) -> bool:
@@ -408,15 +424,18 @@ class CTFReader:
             )
             for c in chunks
         ]
-        columns = {
-            name: np.concatenate([t[name] for t in tables])
-            for name in ("begin", "end", "first_line", "num_lines", "id")
-        }
+        names = ("begin", "end", "first_line", "num_lines")
+        if len(tables) == 1:
+            columns = {name: tables[0][name] for name in names}
+        else:
+            columns = {
+                name: np.concatenate([t[name] for t in tables]) for name in names
+            }
+        order = None
         if self.randomize:
             generator = np.random.default_rng([self.seed, sweep, 1 + number])
-            permutation = generator.permutation(len(columns["begin"]))
-            columns = {name: column[permutation] for name, column in columns.items()}
-        return _Window(start=start, chunks=chunks, **columns)
+            order = generator.permutation(len(columns["begin"]))
+        return _Window(start=start, chunks=chunks, order=order, **columns)
 
     def _evict_windows(self) -> None:
         """Keep at most one other window, the one a minibatch may still be taking

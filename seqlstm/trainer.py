@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from seqlstm import distributed
 from seqlstm.checkpoint import load_checkpoint, save_checkpoint
@@ -29,7 +30,7 @@ LABELS = "labels"
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on, for example because the loss is no longer finite."""
+    """Error that stops training, such as a loss that is no longer finite."""
 
 
 @dataclass
@@ -57,13 +58,16 @@ def make_batch(minibatch, device) -> Batch:
     """
     features = minibatch.streams[FEATURES]
     labels = minibatch.streams[LABELS]
-    bad = torch.nonzero(labels.lengths != 1).flatten()
-    if bad.numel() > 0:
-        k = int(bad[0])
+    # numpy on the reader's CPU tensors: one small check per minibatch without the
+    # per-operator overhead of torch.
+    bad = (labels.lengths.numpy() != 1).nonzero()[0]
+    if bad.size > 0:
+        position = int(bad[0])
         raise ValueError(
-            f"{minibatch.path}:{int(minibatch.lines[k])}: sequence "
-            f"{int(minibatch.sequence_ids[k])} has {int(labels.lengths[k])} label "
-            f"samples, expected exactly 1 (one class per sequence)"
+            f"{minibatch.path}:{int(minibatch.lines[position])}: sequence "
+            f"{int(minibatch.sequence_ids[position])} has "
+            f"{int(labels.lengths[position])} label samples, expected exactly 1 "
+            f"(one class per sequence)"
         )
     return Batch(
         indices=features.indices.to(device, non_blocking=True),
@@ -74,16 +78,24 @@ def make_batch(minibatch, device) -> Batch:
     )
 
 
-def cross_entropy_with_softmax(logits: torch.Tensor, labels: torch.Tensor):
-    """Return CNTK's per-sequence loss logsumexp(z) - sum_k y_k z_k, shape (N,); for a
-    one-hot y this is -log softmax(z)[label]."""
-    return torch.logsumexp(logits, dim=1) - (labels * logits).sum(dim=1)
+def loss_and_errors(logits: torch.Tensor, labels: torch.Tensor):
+    """Return the summed loss and the number of misclassified sequences, as 0-d tensors.
 
+    The loss is CNTK's cross_entropy_with_softmax, -log softmax(z)[class], and an
+    error is argmax z != class, CNTK's classification_error. The class of a one-hot
+    label row y is argmax y, with ties to the lowest index in both argmaxes as in
+    CNTK's ClassificationErrorNode.
 
-def classification_error(logits: torch.Tensor, labels: torch.Tensor):
-    """Return 1.0 where argmax z differs from argmax y, else 0.0, shape (N,). Ties go
-    to the lowest index in both, as in CNTK's ClassificationErrorNode."""
-    return (logits.argmax(dim=1) != labels.argmax(dim=1)).to(logits.dtype)
+    Args:
+        logits: (N, C) model output.
+        labels: (N, C) one-hot label rows.
+    """
+    # NOTE: a label row that is not one-hot counts as its argmax class, where CNTK
+    # would compute logsumexp(z) - sum_k y_k z_k with the row as it is.
+    classes = labels.argmax(dim=1)
+    loss = F.cross_entropy(logits, classes, reduction="sum")
+    errors = (logits.detach().argmax(dim=1) != classes).sum()
+    return loss, errors
 
 
 @dataclass
@@ -92,7 +104,7 @@ class TrainState:
 
     minibatches: int = 0  # minibatches trained so far
     samples_seen: int = 0  # sequences trained so far, across all workers
-    elapsed_seconds: float = 0.0  # training time of earlier runs, for the metrics log
+    elapsed_seconds: float = 0.0  # training time so far, resumed runs included
     last_metric: float = 0.0  # error rate of the last minibatch
 
 
@@ -134,7 +146,9 @@ class Trainer:
         if minibatch_size < 1:
             raise ValueError(f"minibatch_size must be at least 1, got {minibatch_size}")
         if checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be 0 or more, got {checkpoint_every}")
+            raise ValueError(
+                f"checkpoint_every must be 0 or more, got {checkpoint_every}"
+            )
         self.model = model
         self.reader = reader
         self.lr = lr
@@ -162,15 +176,22 @@ class Trainer:
         self.config = dict(config or {})
         self.device = torch.device(device)
         self.state = TrainState()
+        self.checkpointed_minibatch = None  # minibatch of the last checkpoint written
 
     # Reduction across workers. DistributedDataParallel sums the gradients during
     # backward (see seqlstm.distributed.wrap_model), and the totals are summed here.
-    def reduce_across_workers(self, totals: torch.Tensor) -> torch.Tensor:
-        """Sum `totals` (loss sum, error count, sequences) over all workers; with one
-        process this returns `totals` unchanged."""
+    def reduce_across_workers(self, loss_sum, error_sum, sequences):
+        """Sum the minibatch totals over all workers and return them as floats. With
+        one process it only converts them."""
         if self.world_size == 1:
-            return totals
-        return distributed.all_reduce_sum(totals)
+            return float(loss_sum), float(error_sum), float(sequences)
+        totals = torch.tensor(
+            [float(loss_sum), float(error_sum), float(sequences)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        loss_sum, error_sum, sequences = distributed.all_reduce_sum(totals).tolist()
+        return loss_sum, error_sum, sequences
 
     def train_minibatch(self, minibatch) -> tuple[float, float, int]:
         """Train on one minibatch, advance the counters in `state`, and return the
@@ -180,35 +201,39 @@ class Trainer:
             TrainingError: the loss is NaN or infinite; nothing was updated.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        loss_sum, error_sum, sequences = 0.0, 0.0, 0
         with distributed.collective_failure(f"minibatch {self.state.minibatches + 1}"):
             if minibatch.num_sequences > 0:
                 batch = make_batch(minibatch, self.device)
                 logits = self.network(
                     batch.indices, batch.values, batch.offsets, batch.lengths
                 )
-                loss = cross_entropy_with_softmax(logits, batch.labels).sum()
+                loss, errors = loss_and_errors(logits, batch.labels)
                 loss.backward()
-                errors = classification_error(logits.detach(), batch.labels).sum()
-                totals[0] = loss.detach()
-                totals[1] = errors
-                totals[2] = batch.num_sequences
+                loss_sum, error_sum, sequences = (
+                    loss.item(),
+                    errors.item(),
+                    batch.num_sequences,
+                )
             elif self.world_size > 1:
                 self._backward_zero_gradients()
-            totals = self.reduce_across_workers(totals)
-        loss_sum, error_sum, sequences = totals.tolist()
+            loss_sum, error_sum, sequences = self.reduce_across_workers(
+                loss_sum, error_sum, sequences
+            )
         number = self.state.minibatches + 1
         if not math.isfinite(loss_sum):
             raise TrainingError(
-                f"minibatch {number}: the loss is {loss_sum}, so training stopped before "
-                f"updating the weights; lower the learning rate or check the input values"
+                f"minibatch {number}: the loss is {loss_sum}. Training stopped before "
+                f"updating the weights. Lower the learning rate or check the input values"
             )
 
         sweep = minibatch.sweep
         lr = self.lr.value_at(self.state.samples_seen, sweep)
         momentum = self.momentum.value_at(self.state.samples_seen, sweep)
         if self.printer is not None:
-            self.printer.report_value("lr", describe_value("Learning rate", self.lr_unit, lr))
+            self.printer.report_value(
+                "lr", describe_value("Learning rate", self.lr_unit, lr)
+            )
             if momentum != 0.0 or "momentum" in self.printer.reported_values:
                 self.printer.report_value(
                     "momentum", describe_value("Momentum", self.momentum_unit, momentum)
@@ -259,7 +284,7 @@ class Trainer:
                 progress_bar.close()
         if self.printer is not None:
             self.printer.write_final_error(self.state.last_metric)
-        if self.checkpoint_dir is not None:
+        if self.checkpointed_minibatch != self.state.minibatches:
             self.save_checkpoint()
         return self.state
 
@@ -303,7 +328,10 @@ class Trainer:
                 },
             },
         )
-        logger.info("checkpoint after minibatch %d written to %s", self.state.minibatches, path)
+        self.checkpointed_minibatch = self.state.minibatches
+        logger.info(
+            "checkpoint after minibatch %d written to %s", self.state.minibatches, path
+        )
 
     def resume(self) -> None:
         """Restore model, learner, reader position, random state and counters from the
@@ -348,8 +376,9 @@ def evaluate(model, reader, minibatch_size: int = 200, device="cpu"):
                 continue
             batch = make_batch(minibatch, device)
             logits = model(batch.indices, batch.values, batch.offsets, batch.lengths)
-            loss_sum += float(cross_entropy_with_softmax(logits, batch.labels).sum())
-            error_sum += float(classification_error(logits, batch.labels).sum())
+            loss, errors = loss_and_errors(logits, batch.labels)
+            loss_sum += loss.item()
+            error_sum += errors.item()
             sequences += batch.num_sequences
     model.train(was_training)
     return loss_sum, error_sum, sequences

@@ -12,9 +12,13 @@ def make_parameter(values):
 def test_sgd_per_sample_uses_summed_gradient():
     param = make_parameter([1.0, 2.0])
     optimizer = CNTKSGD([param], lr_unit="sample")
-    param.grad = torch.tensor([10.0, -4.0], dtype=torch.float64)  # a sum over 45 sequences
+    param.grad = torch.tensor(
+        [10.0, -4.0], dtype=torch.float64
+    )  # a sum over 45 sequences
     optimizer.step(num_samples=45, lr=0.0005)
-    assert torch.equal(param.detach(), torch.tensor([1.0 - 0.005, 2.0 + 0.002], dtype=torch.float64))
+    assert torch.equal(
+        param.detach(), torch.tensor([1.0 - 0.005, 2.0 + 0.002], dtype=torch.float64)
+    )
 
 
 def test_sgd_per_minibatch_uses_mean_gradient():
@@ -103,13 +107,26 @@ def test_schedule_constant():
 
 def test_schedule_parse_counts_per_sweep():
     schedule = Schedule.parse("0.01*2:0.005")
-    assert [schedule.value_at(0, sweep) for sweep in range(4)] == [0.01, 0.01, 0.005, 0.005]
+    assert [schedule.value_at(0, sweep) for sweep in range(4)] == [
+        0.01,
+        0.01,
+        0.005,
+        0.005,
+    ]
 
 
 def test_schedule_parse_counts_per_epoch_size():
     schedule = Schedule.parse("1:2*2:3", epoch_size=100)
     seen = [0, 99, 100, 250, 299, 300, 10**6]
-    assert [schedule.value_at(s, 0) for s in seen] == [1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0]
+    assert [schedule.value_at(s, 0) for s in seen] == [
+        1.0,
+        1.0,
+        2.0,
+        2.0,
+        2.0,
+        3.0,
+        3.0,
+    ]
 
 
 def test_schedule_parse_rejects_bad_value():

@@ -39,7 +39,11 @@ def test_cntk_init_bounds(name, bound):
 
 def test_cntk_init_bounds_rounded():
     assert [round(bound, 3) for _, bound in TUTORIAL_BOUNDS] == [
-        0.054, 0.2, 0.219, 0.346, 0.447
+        0.054,
+        0.2,
+        0.219,
+        0.346,
+        0.447,
     ]
 
 
@@ -106,7 +110,9 @@ def test_matches_reference_forward_backward(lengths):
     batch = random_words(lengths, 2000, seed=len(lengths))
     labels = torch.randint(0, 5, (len(lengths),))
     loss = torch.nn.functional.cross_entropy(model(*batch), labels, reduction="sum")
-    expected = torch.nn.functional.cross_entropy(reference(*batch), labels, reduction="sum")
+    expected = torch.nn.functional.cross_entropy(
+        reference(*batch), labels, reduction="sum"
+    )
     loss.backward()
     expected.backward()
     # float32 through up to 9 steps: differences of a few ulps of values near 1.

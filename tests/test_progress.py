@@ -45,7 +45,9 @@ def test_line_format_three_significant_digits():
 
 def test_minibatch_line_format():
     line = format_minibatch_line(1, 10, 1.6094379, 0.886364, 440)
-    assert line == " Minibatch[   1-  10]: loss = 1.609438 * 440, metric = 88.64% * 440;"
+    assert (
+        line == " Minibatch[   1-  10]: loss = 1.609438 * 440, metric = 88.64% * 440;"
+    )
 
 
 def run_printer(updates, freq=0):
@@ -68,7 +70,9 @@ def test_printer_since_last_covers_window():
     body = lines[3:]
     assert len(body) == 2
     assert body[0] == format_geometric_line(1.0, 1.0, 0.4, 0.4, 10)
-    assert body[1] == format_geometric_line(60.0 / 40, 50.0 / 30, 6.0 / 40, 2.0 / 30, 40)
+    assert body[1] == format_geometric_line(
+        60.0 / 40, 50.0 / 30, 6.0 / 40, 2.0 / 30, 40
+    )
 
 
 def test_printer_line_count_for_255_updates():
@@ -109,7 +113,9 @@ def test_printer_summary_format():
 def test_printer_report_value_once_per_change():
     stream = io.StringIO()
     printer = ProgressPrinter(freq=1, stream=stream)
-    for text in ["Learning rate per 1 samples: 0.0005"] * 3 + ["Learning rate per 1 samples: 0.001"]:
+    for text in ["Learning rate per 1 samples: 0.0005"] * 3 + [
+        "Learning rate per 1 samples: 0.001"
+    ]:
         printer.report_value("lr", text)
     assert stream.getvalue().splitlines() == [
         "Learning rate per 1 samples: 0.0005",
@@ -125,7 +131,7 @@ def test_printer_final_error_line():
 
 def test_printer_state_round_trip():
     updates = [(1.0 + k, 0.5, 3) for k in range(9)]
-    whole, whole_lines = run_printer(updates)
+    _, whole_lines = run_printer(updates)
     first, first_lines = run_printer(updates[:5])
     stream = io.StringIO()
     resumed = ProgressPrinter(freq=0, stream=stream)

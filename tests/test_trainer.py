@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -5,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,24 @@ SEED = 1
 
 
 def run_cli(argv, capsys):
-    status = cli.main([str(a) for a in argv])
+    # One thread: the model is small, and on a busy 2-core machine OpenMP threads
+    # waiting for each other slow training down by an order of magnitude.
+    argv = [str(a) for a in argv]
+    if argv[0] in ("train", "eval"):
+        argv += ["--threads", "1"]
+    status = cli.main(argv)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def error_lines(err):
+    """Return the lines of stderr other than the `seqlstm: ` status lines, plus the
+    error lines; a user error must leave exactly one."""
+    return [
+        line
+        for line in err.splitlines()
+        if line.startswith("seqlstm: error:") or not line.startswith("seqlstm: ")
+    ]
 
 
 def progress_lines(out):
@@ -54,7 +71,8 @@ def write_ctf(path, lines):
 
 
 def test_main_job_end_to_end(capsys):
-    status, out, _ = run_cli(["train", "--seed", SEED], capsys)
+    # No options: CNTK's tutorial settings on the shipped Train.ctf, seed 0.
+    status, out, _ = run_cli(["train"], capsys)
     assert status == 0
     lines = out.splitlines()
     assert lines[:3] == HEADER.split("\n")
@@ -133,7 +151,8 @@ def test_label_missing_names_sequence(tmp_path):
         ["0 |x 1:1 |y 1 0 0 0 0", "7 |x 2:1", "7 |x 3:1"],
     )
     reader = CTFReader(str(path), STREAMS, randomize=False, max_sweeps=1)
-    with pytest.raises(ValueError, match=rf"{path}:2: sequence 7 has 0 label samples"):
+    # The reader itself rejects a sequence without a sample of a declared stream.
+    with pytest.raises(ValueError, match=rf"{path}:2: sequence id 7 .*`y`"):
         make_batch(reader.next_minibatch(200), "cpu")
 
 
@@ -148,21 +167,27 @@ def test_label_twice_names_sequence(tmp_path):
 
 
 def test_label_error_cli_one_line(tmp_path, capsys):
-    path = write_ctf(tmp_path / "nolabel.ctf", ["5 |x 2:1", "5 |x 3:1"])
+    path = write_ctf(
+        tmp_path / "twolabels.ctf", ["5 |x 2:1 |y 1 0 0 0 0", "5 |x 3:1 |y 1 0 0 0 0"]
+    )
     status, _, err = run_cli(["train", "--data", path, "--minibatches", 1], capsys)
     assert status == 1
-    assert err.strip().splitlines() == [
-        f"seqlstm: error: {path}:1: sequence 5 has 0 label samples, expected exactly 1 "
+    expected = (
+        f"seqlstm: error: {path}:1: sequence 5 has 2 label samples, expected exactly 1 "
         "(one class per sequence)"
-    ]
+    )
+    assert error_lines(err) == [expected]
+
+
+def write_overflow_ctf(path):
+    """Write a file whose second sequence sums 100 values of 3e38, so its embedding
+    overflows float32 and the first minibatch's loss is NaN."""
+    words = " ".join(["2:3e38"] * 100)
+    return write_ctf(path, ["0 |x 1:1 |y 1 0 0 0 0", f"1 |x {words} |y 0 1 0 0 0"])
 
 
 def test_nan_loss_stops_before_update(tmp_path, capsys):
-    # 1e39 overflows float32 to inf, so the first minibatch's loss is not finite.
-    path = write_ctf(
-        tmp_path / "overflow.ctf",
-        ["0 |x 1:1 |y 1 0 0 0 0", "1 |x 2:1e39 |y 0 1 0 0 0"],
-    )
+    path = write_overflow_ctf(tmp_path / "overflow.ctf")
     checkpoints = tmp_path / "checkpoints"
     saved = tmp_path / "model.pt"
     status, out, err = run_cli(
@@ -170,15 +195,40 @@ def test_nan_loss_stops_before_update(tmp_path, capsys):
         capsys,
     )
     assert status == 1
-    assert "minibatch 1: the loss is " in err
-    assert len(err.strip().splitlines()) == 1
+    expected = (
+        "seqlstm: error: minibatch 1: the loss is nan. Training stopped before "
+        "updating the weights. Lower the learning rate or check the input values"
+    )
+    assert error_lines(err) == [expected]
     assert not (checkpoints / CHECKPOINT_NAME).exists()
     assert not saved.exists()
     assert " error:" not in out
 
 
+def test_nan_loss_after_huge_step(tmp_path, capsys):
+    # A rate of 1e36 makes the weights overflow in the first update, so the loss of
+    # minibatch 2 is not finite. The checkpoint stays the one after minibatch 1.
+    checkpoints = tmp_path / "checkpoints"
+    status, _, err = run_cli(
+        [
+            "train",
+            "--lr",
+            "1e36",
+            "--checkpoint-dir",
+            checkpoints,
+            "--checkpoint-every",
+            1,
+        ],
+        capsys,
+    )
+    assert status == 1
+    assert "minibatch 2: the loss is " in err
+    checkpoint = torch.load(checkpoints / CHECKPOINT_NAME, weights_only=False)
+    assert checkpoint["train_state"]["minibatches"] == 1
+
+
 def test_nan_loss_leaves_weights_unchanged(tmp_path):
-    path = write_ctf(tmp_path / "overflow.ctf", ["0 |x 2:1e39 |y 0 1 0 0 0"])
+    path = write_overflow_ctf(tmp_path / "overflow.ctf")
     reader = CTFReader(str(path), STREAMS, randomize=False, max_sweeps=1)
     torch.manual_seed(0)
     model = SequenceClassifier()
@@ -192,8 +242,14 @@ def test_nan_loss_leaves_weights_unchanged(tmp_path):
 
 def train_args(tmp_path, minibatches, extra=()):
     return [
-        "train", "--seed", SEED, "--minibatches", minibatches,
-        "--metrics-log", tmp_path / "metrics.jsonl", *extra,
+        "train",
+        "--seed",
+        SEED,
+        "--minibatches",
+        minibatches,
+        "--metrics-log",
+        tmp_path / "metrics.jsonl",
+        *extra,
     ]
 
 
@@ -226,37 +282,61 @@ def test_resume_in_process_bit_identical(tmp_path, capsys):
         assert torch.equal(ours[name], theirs[name]), name
     # The resumed table continues the unbroken one: its last line is the same.
     assert progress_lines(broken_out)[-1] == progress_lines(whole_out)[-1]
-    whole_log = [json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()]
-    broken_log = [json.loads(l) for l in (broken / "metrics.jsonl").read_text().splitlines()]
+    whole_log = [
+        json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()
+    ]
+    broken_log = [
+        json.loads(l) for l in (broken / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["minibatch"] for r in broken_log] == list(range(1, 41))
     assert [r["loss"] for r in broken_log] == [r["loss"] for r in whole_log]
 
 
-def test_kill_and_resume_bit_identical(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(cli.__file__).parents[1]))
-    base = [sys.executable, "-m", "seqlstm", "train", "--seed", str(SEED),
-            "--minibatches", "300", "--threads", "1"]
-    whole = subprocess.run(
-        base + ["--save", str(tmp_path / "whole.pt")], env=env, capture_output=True
+def test_kill_and_resume_bit_identical(tmp_path, capsys):
+    # The unbroken run goes in-process and the broken one in subprocesses, so the
+    # comparison also covers a fresh interpreter; both use one thread.
+    status, _, _ = run_cli(
+        ["train", "--seed", SEED, "--save", tmp_path / "whole.pt"],
+        capsys,
     )
-    assert whole.returncode == 0, whole.stderr
+    assert status == 0
+    env = dict(os.environ, PYTHONPATH=str(Path(cli.__file__).parents[1]))
+    base = [
+        sys.executable,
+        "-m",
+        "seqlstm",
+        "train",
+        "--seed",
+        str(SEED),
+        "--threads",
+        "1",
+    ]
 
     checkpoints = tmp_path / "checkpoints"
-    resumable = base + ["--checkpoint-dir", str(checkpoints), "--checkpoint-every", "1",
-                        "--save", str(tmp_path / "resumed.pt")]
-    process = subprocess.Popen(resumable, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    resumable = base + [
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--checkpoint-every",
+        "5",
+        "--save",
+        str(tmp_path / "resumed.pt"),
+    ]
+    process = subprocess.Popen(
+        resumable, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (checkpoints / CHECKPOINT_NAME).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
+        time.sleep(0.01)
+    # Killed as soon as the first checkpoint exists, so mid-run, often mid-write.
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert (checkpoints / CHECKPOINT_NAME).exists()
     stopped_at = torch.load(checkpoints / CHECKPOINT_NAME, weights_only=False)
-    assert 1 <= stopped_at["train_state"]["minibatches"] < 300
+    assert 5 <= stopped_at["train_state"]["minibatches"] < 255
 
-    resumed = subprocess.run(resumable + ["--resume"], env=env, capture_output=True)
+    resumed = subprocess.run(
+        resumable + ["--resume"], env=env, capture_output=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     ours = load_model(tmp_path / "resumed.pt").state_dict()
     theirs = load_model(tmp_path / "whole.pt").state_dict()
@@ -343,10 +423,15 @@ def test_sweeps_stop_after_one_sweep(capsys):
 
 
 def test_progress_freq_lines(capsys):
-    status, out, _ = run_cli(["train", "--minibatches", 25, "--progress-freq", 10], capsys)
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 25, "--progress-freq", 10], capsys
+    )
     assert status == 0
     lines = [l for l in out.splitlines() if l.startswith(" Minibatch[")]
-    assert [l[:22] for l in lines] == [" Minibatch[   1-  10]:", " Minibatch[  11-  20]:"]
+    assert [l[:22] for l in lines] == [
+        " Minibatch[   1-  10]:",
+        " Minibatch[  11-  20]:",
+    ]
     assert "average" not in out
 
 
@@ -361,7 +446,7 @@ def test_metrics_log_records(tmp_path, capsys):
     assert set(records[0]) == {"minibatch", "samples", "loss", "metric", "seconds"}
     # samples counts sequences, the table's "examples".
     assert records[-1]["samples"] == int(progress_lines(out)[-1][4])
-    assert all(a["seconds"] <= b["seconds"] for a, b in zip(records, records[1:]))
+    assert all(a["seconds"] <= b["seconds"] for a, b in itertools.pairwise(records))
 
 
 def test_plot_writes_png(tmp_path, capsys):
@@ -380,17 +465,191 @@ def test_plot_bad_log_names_line(tmp_path, capsys):
     assert f"{log}:1: a metrics record needs" in err
 
 
-def test_tensorboard_scalars(tmp_path, capsys):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+class RecordingSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter, which needs the tensorboard
+    package, and records the calls that TensorBoardLog makes."""
 
+    instances = []
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.scalars = []
+        self.closed = False
+        RecordingSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_scalars(tmp_path, monkeypatch, capsys):
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = RecordingSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    RecordingSummaryWriter.instances.clear()
+    log = tmp_path / "metrics.jsonl"
     logdir = tmp_path / "tb"
     status, _, _ = run_cli(
-        ["train", "--minibatches", 4, "--tensorboard", logdir], capsys
+        ["train", "--minibatches", 4, "--tensorboard", logdir, "--metrics-log", log],
+        capsys,
     )
     assert status == 0
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    losses = events.Scalars("loss")
-    assert len(losses) == 4
-    assert len(events.Scalars("metric")) == 4
-    assert abs(losses[0].value - math.log(5)) < 0.1
+    (writer,) = RecordingSummaryWriter.instances
+    assert writer.log_dir == str(logdir)
+    assert writer.closed
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    expected = []
+    for record in records:
+        expected.append(("loss", record["loss"], record["samples"]))
+        expected.append(("metric", record["metric"], record["samples"]))
+    assert writer.scalars == expected
+    assert abs(writer.scalars[0][1] - math.log(5)) < 0.1
+
+
+def test_lr_schedule_reports_each_change(capsys):
+    status, out, _ = run_cli(
+        [
+            "train",
+            "--minibatches",
+            30,
+            "--lr",
+            "0.001*1:0.0005",
+            "--schedule-unit",
+            500,
+        ],
+        capsys,
+    )
+    assert status == 0
+    reports = [l for l in out.splitlines() if l.startswith("Learning rate")]
+    assert reports == [
+        "Learning rate per 1 samples: 0.001",
+        "Learning rate per 1 samples: 0.0005",
+    ]
+
+
+def test_lr_per_minibatch_report(capsys):
+    status, out, _ = run_cli(
+        ["train", "--minibatches", 2, "--lr", 0.02, "--lr-unit", "minibatch"], capsys
+    )
+    assert status == 0
+    assert "Learning rate per minibatch: 0.02" in out.splitlines()
+
+
+def test_momentum_reported_and_trains(capsys):
+    status, out, _ = run_cli(["train", "--minibatches", 15, "--momentum", 0.9], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[3:5] == [
+        "Learning rate per 1 samples: 0.0005",
+        "Momentum per minibatch: 0.9",
+    ]
+    assert len(progress_lines(out)) == 4
+
+
+def test_progress_bar_only_on_terminal(monkeypatch, capsys):
+    from seqlstm import trainer
+
+    assert trainer._progress_bar(10, 0) is None  # stderr is captured, not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = trainer._progress_bar(10, 3)
+    assert bar is not None
+    assert bar.n == 3
+    assert bar.total == 10
+    bar.close()
+
+
+def test_eval_data_missing_before_training(tmp_path, capsys):
+    missing = tmp_path / "absent.ctf"
+    status, out, err = run_cli(["train", "--eval-data", missing], capsys)
+    assert status == 1
+    assert error_lines(err) == [f"seqlstm: error: {missing}: file not found"]
+    assert out == ""
+
+
+def test_input_dim_too_small_names_line(capsys):
+    status, _, err = run_cli(["train", "--input-dim", 10, "--minibatches", 1], capsys)
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert f"{cli.default_data_path()}:" in err
+    assert "10" in err
+
+
+def test_label_dim_mismatch_names_line(capsys):
+    status, _, err = run_cli(["train", "--label-dim", 3, "--minibatches", 1], capsys)
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert f"{cli.default_data_path()}:" in err
+    assert "stream `y` has 5 values, but its dimension is 3" in err
+
+
+def test_unknown_label_stream_names_alias(capsys):
+    status, _, err = run_cli(
+        ["train", "--label-stream", "z", "--minibatches", 1], capsys
+    )
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert "`z`" in err
+
+
+def test_tensorboard_missing_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    status, _, err = run_cli(
+        ["train", "--minibatches", 1, "--tensorboard", tmp_path / "tb"], capsys
+    )
+    assert status == 1
+    expected = (
+        "seqlstm: error: --tensorboard needs the tensorboard package; install it with "
+        "`pip install tensorboard`"
+    )
+    assert error_lines(err) == [expected]
+
+
+def test_plot_missing_matplotlib(tmp_path, monkeypatch, capsys):
+    log = write_ctf(
+        tmp_path / "metrics.jsonl",
+        ['{"minibatch": 1, "samples": 40, "loss": 1.6, "metric": 0.8, "seconds": 0.1}'],
+    )
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, _, err = run_cli(["plot", log, "-o", tmp_path / "c.png"], capsys)
+    assert status == 1
+    assert "plot needs matplotlib" in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_invalid_json_names_line(tmp_path, capsys):
+    log = write_ctf(
+        tmp_path / "metrics.jsonl",
+        ['{"minibatch": 1, "samples": 40, "loss": 1.6, "metric": 0.8}', "{not json"],
+    )
+    status, _, err = run_cli(["plot", log], capsys)
+    assert status == 1
+    assert f"{log}:2: invalid JSON" in err
+
+
+def test_plot_empty_log(tmp_path, capsys):
+    log = write_ctf(tmp_path / "metrics.jsonl", [])
+    status, _, err = run_cli(["plot", log], capsys)
+    assert status == 1
+    assert "has no records to plot" in err
+
+
+def test_eval_input_dim_mismatch(tmp_path, capsys):
+    saved = tmp_path / "model.pt"
+    assert run_cli(["train", "--minibatches", 1, "--save", saved], capsys)[0] == 0
+    status, _, err = run_cli(["eval", "--model", saved, "--input-dim", 3000], capsys)
+    assert status == 1
+    assert "was trained with --input-dim 2000" in err
+
+
+def test_resume_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    status, _, err = run_cli(
+        ["train", "--checkpoint-dir", tmp_path, "--resume"], capsys
+    )
+    assert status == 1
+    assert len(error_lines(err)) == 1
+    assert (
+        f"{tmp_path / CHECKPOINT_NAME}: not a readable seqlstm-checkpoint file" in err
+    )

@@ -27,9 +27,22 @@ namespace seqlstm {
 enum Gate : int { kInputGate = 0, kForgetGate = 1, kCellGate = 2, kOutputGate = 3 };
 constexpr int kNumGates = 4;
 
-template <typename acc_t>
+// The exp and tanh the cell math uses. A backend may pass its own policy with the same
+// two static functions (the CPU kernels pass a vectorizable float version).
+struct StdMath {
+  template <typename acc_t>
+  C10_HOST_DEVICE static acc_t exp(acc_t x) {
+    return std::exp(x);
+  }
+  template <typename acc_t>
+  C10_HOST_DEVICE static acc_t tanh(acc_t x) {
+    return std::tanh(x);
+  }
+};
+
+template <typename acc_t, typename Math = StdMath>
 C10_HOST_DEVICE inline acc_t sigmoid(acc_t x) {
-  return acc_t(1) / (acc_t(1) + std::exp(-x));
+  return acc_t(1) / (acc_t(1) + Math::exp(-x));
 }
 
 // Activated gates of one hidden unit.
@@ -39,18 +52,19 @@ struct GateValues {
 };
 
 // Applies the gate activations to the pre-activations z of one hidden unit.
-template <typename acc_t>
+template <typename acc_t, typename Math = StdMath>
 C10_HOST_DEVICE inline GateValues<acc_t> activate_gates(acc_t z_i, acc_t z_f, acc_t z_g,
                                                         acc_t z_o) {
-  return {sigmoid(z_i), sigmoid(z_f), std::tanh(z_g), sigmoid(z_o)};
+  return {sigmoid<acc_t, Math>(z_i), sigmoid<acc_t, Math>(z_f), Math::tanh(z_g),
+          sigmoid<acc_t, Math>(z_o)};
 }
 
 // Forward state update of one hidden unit. Returns c_t and writes r_t = o * tanh(c_t).
-template <typename acc_t>
+template <typename acc_t, typename Math = StdMath>
 C10_HOST_DEVICE inline acc_t cell_forward(const GateValues<acc_t>& gate, acc_t c_prev,
                                           acc_t* r) {
   const acc_t c = gate.f * c_prev + gate.i * gate.g;
-  *r = gate.o * std::tanh(c);
+  *r = gate.o * Math::tanh(c);
   return c;
 }
 
@@ -66,10 +80,10 @@ struct CellGrad {
 //   c, c_prev: c_t and c_{t-1}
 //   dr: gradient with respect to r_t (after the projection's backward, if any)
 //   dc: gradient with respect to c_t arriving from step t+1 (or grad_c_n)
-template <typename acc_t>
+template <typename acc_t, typename Math = StdMath>
 C10_HOST_DEVICE inline CellGrad<acc_t> cell_backward(const GateValues<acc_t>& gate, acc_t c,
                                                      acc_t c_prev, acc_t dr, acc_t dc) {
-  const acc_t tanh_c = std::tanh(c);
+  const acc_t tanh_c = Math::tanh(c);
   const acc_t dc_total = dc + dr * gate.o * (acc_t(1) - tanh_c * tanh_c);
   CellGrad<acc_t> grad;
   grad.dz_o = dr * tanh_c * gate.o * (acc_t(1) - gate.o);

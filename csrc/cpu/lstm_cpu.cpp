@@ -28,6 +28,7 @@
 #include "../common/checks.h"
 #include "../common/lstm_cell.h"
 #include "../common/ops.h"
+#include "vector_math.h"
 
 // Fortran BLAS entry points, which libtorch_cpu exports when torch is built with MKL (as
 // the x86 wheels of torch 2.14 are). They are weak, so the extension still loads without
@@ -186,6 +187,129 @@ std::vector<int64_t> last_rows(const at::Tensor& batch_sizes,
   return rows;
 }
 
+// Cell math of one row of one step, in lstm_cell.h's functions. The gate pointers are the
+// four H-long parts of the row's 4*H gates. Every pointer is restrict, so that the
+// compiler may vectorize the loop over j once the cell functions are inlined with a Math
+// whose exp and tanh are plain arithmetic.
+//   forward: z_* pre-activations in, activated gates out; c_prev in; c and r out
+//   backward: gate_* and c as saved by forward; c_prev, dr in; dc in as dc_t, out as
+//             dc_{t-1}; dz_* out
+template <typename scalar_t, typename Math>
+C10_ALWAYS_INLINE void cell_forward_row(int64_t H, scalar_t* __restrict z_i,
+                                        scalar_t* __restrict z_f, scalar_t* __restrict z_g,
+                                        scalar_t* __restrict z_o,
+                                        const scalar_t* __restrict c_prev,
+                                        scalar_t* __restrict c, scalar_t* __restrict r) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < H; ++j) {
+    const GateValues<acc_t> gate = activate_gates<acc_t, Math>(z_i[j], z_f[j], z_g[j], z_o[j]);
+    z_i[j] = gate.i;
+    z_f[j] = gate.f;
+    z_g[j] = gate.g;
+    z_o[j] = gate.o;
+    acc_t r_value;
+    c[j] = cell_forward<acc_t, Math>(gate, acc_t(c_prev[j]), &r_value);
+    r[j] = r_value;
+  }
+}
+
+template <typename scalar_t, typename Math>
+C10_ALWAYS_INLINE void cell_backward_row(
+    int64_t H, const scalar_t* __restrict gate_i, const scalar_t* __restrict gate_f,
+    const scalar_t* __restrict gate_g, const scalar_t* __restrict gate_o,
+    const scalar_t* __restrict c, const scalar_t* __restrict c_prev,
+    const scalar_t* __restrict dr, scalar_t* __restrict dc, scalar_t* __restrict dz_i,
+    scalar_t* __restrict dz_f, scalar_t* __restrict dz_g, scalar_t* __restrict dz_o) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < H; ++j) {
+    const GateValues<acc_t> gate{gate_i[j], gate_f[j], gate_g[j], gate_o[j]};
+    const CellGrad<acc_t> grad = cell_backward<acc_t, Math>(gate, acc_t(c[j]), acc_t(c_prev[j]),
+                                                            acc_t(dr[j]), acc_t(dc[j]));
+    dz_i[j] = grad.dz_i;
+    dz_f[j] = grad.dz_f;
+    dz_g[j] = grad.dz_g;
+    dz_o[j] = grad.dz_o;
+    dc[j] = grad.dc_prev;
+  }
+}
+
+// Rows [begin, end) of one step: z, c_prev, c (rows, 4*H or H) and r (rows, r_stride).
+template <typename scalar_t, typename Math>
+C10_ALWAYS_INLINE void cell_forward_rows(int64_t begin, int64_t end, int64_t H, scalar_t* z,
+                                         const scalar_t* c_prev, scalar_t* c, scalar_t* r,
+                                         int64_t r_stride) {
+  for (int64_t n = begin; n < end; ++n) {
+    scalar_t* z_row = z + n * 4 * H;
+    cell_forward_row<scalar_t, Math>(H, z_row, z_row + H, z_row + 2 * H, z_row + 3 * H,
+                                     c_prev + n * H, c + n * H, r + n * r_stride);
+  }
+}
+
+// Rows [begin, end) of one step: gate, dz (rows, 4*H); c, c_prev, dc (rows, H); dr (rows,
+// dr_stride).
+template <typename scalar_t, typename Math>
+C10_ALWAYS_INLINE void cell_backward_rows(int64_t begin, int64_t end, int64_t H,
+                                          const scalar_t* gate, const scalar_t* c,
+                                          const scalar_t* c_prev, const scalar_t* dr,
+                                          int64_t dr_stride, scalar_t* dc, scalar_t* dz) {
+  for (int64_t n = begin; n < end; ++n) {
+    const scalar_t* gate_row = gate + n * 4 * H;
+    scalar_t* dz_row = dz + n * 4 * H;
+    cell_backward_row<scalar_t, Math>(H, gate_row, gate_row + H, gate_row + 2 * H,
+                                      gate_row + 3 * H, c + n * H, c_prev + n * H,
+                                      dr + n * dr_stride, dc + n * H, dz_row, dz_row + H,
+                                      dz_row + 2 * H, dz_row + 3 * H);
+  }
+}
+
+// x86-64 builds compile the float loops twice, for the baseline and for AVX2,
+// and pick one at load time, so that the extension still runs on any x86-64 CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SEQLSTM_VECTOR_CLONES __attribute__((target_clones("avx2", "default"), flatten))
+#else
+#define SEQLSTM_VECTOR_CLONES
+#endif
+
+SEQLSTM_VECTOR_CLONES void cell_forward_rows_float(int64_t begin, int64_t end, int64_t H,
+                                                   float* z, const float* c_prev, float* c,
+                                                   float* r, int64_t r_stride) {
+  cell_forward_rows<float, VectorMath>(begin, end, H, z, c_prev, c, r, r_stride);
+}
+
+SEQLSTM_VECTOR_CLONES void cell_backward_rows_float(int64_t begin, int64_t end, int64_t H,
+                                                    const float* gate, const float* c,
+                                                    const float* c_prev, const float* dr,
+                                                    int64_t dr_stride, float* dc, float* dz) {
+  cell_backward_rows<float, VectorMath>(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
+}
+
+// The row loops per dtype: float uses VectorMath, double the standard functions.
+template <typename scalar_t>
+struct CellRows {
+  static void forward(int64_t begin, int64_t end, int64_t H, scalar_t* z,
+                      const scalar_t* c_prev, scalar_t* c, scalar_t* r, int64_t r_stride) {
+    cell_forward_rows<scalar_t, StdMath>(begin, end, H, z, c_prev, c, r, r_stride);
+  }
+  static void backward(int64_t begin, int64_t end, int64_t H, const scalar_t* gate,
+                       const scalar_t* c, const scalar_t* c_prev, const scalar_t* dr,
+                       int64_t dr_stride, scalar_t* dc, scalar_t* dz) {
+    cell_backward_rows<scalar_t, StdMath>(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
+  }
+};
+
+template <>
+struct CellRows<float> {
+  static void forward(int64_t begin, int64_t end, int64_t H, float* z, const float* c_prev,
+                      float* c, float* r, int64_t r_stride) {
+    cell_forward_rows_float(begin, end, H, z, c_prev, c, r, r_stride);
+  }
+  static void backward(int64_t begin, int64_t end, int64_t H, const float* gate,
+                       const float* c, const float* c_prev, const float* dr, int64_t dr_stride,
+                       float* dc, float* dz) {
+    cell_backward_rows_float(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
+  }
+};
+
 template <typename scalar_t>
 void lstm_forward_kernel(Algorithm algorithm, const LstmSizes& sizes,
                          const at::Tensor& batch_sizes, const at::Tensor& input,
@@ -194,7 +318,6 @@ void lstm_forward_kernel(Algorithm algorithm, const LstmSizes& sizes,
                          const at::Tensor& bias, const at::Tensor& weight_hr,
                          at::Tensor& output, at::Tensor& h_n, at::Tensor& c_n,
                          at::Tensor& gates, at::Tensor& cell) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = sizes.hidden_size;
   const int64_t G = 4 * H;
   const int64_t P = sizes.proj_size;
@@ -239,20 +362,7 @@ void lstm_forward_kernel(Algorithm algorithm, const LstmSizes& sizes,
     gemm(false, true, rows, G, P, scalar_t(1), h_prev, P, w_hh, P, scalar_t(1), z_t, G);
 
     for_rows(parallel, rows, G, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        scalar_t* z_row = z_t + n * G;
-        for (int64_t j = 0; j < H; ++j) {
-          const GateValues<acc_t> gate = activate_gates<acc_t>(
-              z_row[j], z_row[H + j], z_row[2 * H + j], z_row[3 * H + j]);
-          z_row[j] = gate.i;
-          z_row[H + j] = gate.f;
-          z_row[2 * H + j] = gate.g;
-          z_row[3 * H + j] = gate.o;
-          acc_t r;
-          c_t[n * H + j] = cell_forward<acc_t>(gate, c_prev[n * H + j], &r);
-          r_t[n * r_stride + j] = r;
-        }
-      }
+      CellRows<scalar_t>::forward(begin, end, H, z_t, c_prev, c_t, r_t, r_stride);
     });
 
     if (projected) {
@@ -332,22 +442,8 @@ void lstm_backward_kernel(Algorithm algorithm, const LstmSizes& sizes,
     }
 
     for_rows(parallel, rows, G, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const scalar_t* gate_row = gate_all + (row0 + n) * G;
-        const scalar_t* c_row = c_all + (row0 + n) * H;
-        scalar_t* dz_row = dz_all + (row0 + n) * G;
-        for (int64_t j = 0; j < H; ++j) {
-          const GateValues<acc_t> gate{gate_row[j], gate_row[H + j], gate_row[2 * H + j],
-                                       gate_row[3 * H + j]};
-          const CellGrad<acc_t> grad = cell_backward<acc_t>(
-              gate, c_row[j], c_prev[n * H + j], dr[n * dr_stride + j], dc[n * H + j]);
-          dz_row[j] = grad.dz_i;
-          dz_row[H + j] = grad.dz_f;
-          dz_row[2 * H + j] = grad.dz_g;
-          dz_row[3 * H + j] = grad.dz_o;
-          dc[n * H + j] = grad.dc_prev;
-        }
-      }
+      CellRows<scalar_t>::backward(begin, end, H, gate_all + row0 * G, c_all + row0 * H, c_prev,
+                                   dr, dr_stride, dc, dz_all + row0 * G);
     });
 
     gemm(false, false, rows, P, G, scalar_t(1), dz_all + row0 * G, G, w_hh, P, scalar_t(0), dh,

@@ -23,7 +23,7 @@ int64_t check_file_start(const MappedFile& file, bool* has_ids) {
   if (size >= 2 && ((bytes[0] == 0xff && bytes[1] == 0xfe) ||
                     (bytes[0] == 0xfe && bytes[1] == 0xff))) {
     throw line_error(path, 1,
-                     "the file is UTF-16 encoded (it starts with a UTF-16 byte order mark); "
+                     "the file is UTF-16 encoded (it starts with a UTF-16 byte order mark), but "
                      "CTF files must be UTF-8 or ASCII. Convert it, for example with "
                      "`iconv -f UTF-16 -t UTF-8`");
   }
@@ -32,12 +32,12 @@ int64_t check_file_start(const MappedFile& file, bool* has_ids) {
     begin = 3;
   }
   if (begin == size) {
-    throw line_error(path, 1, "the file is empty; a CTF file needs at least one sequence");
+    throw line_error(path, 1, "the file is empty, so it contains no sequences");
   }
   if (size - begin >= 2 && (bytes[begin] == 0 || bytes[begin + 1] == 0)) {
     throw line_error(path, 1,
                      "the file starts with a NUL byte, as UTF-16 text without a byte order "
-                     "mark does; CTF files must be UTF-8 or ASCII");
+                     "mark does, but CTF files must be UTF-8 or ASCII");
   }
   const char first = file.data()[begin];
   if (first == text::name_prefix) {
@@ -78,7 +78,7 @@ void for_each_sequence(const MappedFile& file, bool has_ids, int64_t begin, int6
       if (status == text::IdStatus::too_large) {
         throw line_error(file.path(), line,
                          "sequence id " + text::quote(p, after) +
-                             " is too large; ids must be at most 9223372036854775807");
+                             " is too large, the maximum is 9223372036854775807");
       }
       starts_sequence = !open || (status == text::IdStatus::ok && id != sequence_id);
     }
@@ -109,7 +109,7 @@ FileIndex index_file(const MappedFile& file, int64_t chunk_size) {
                                 std::to_string(chunk_size));
   }
   if (file.size() == 0) {
-    throw line_error(file.path(), 1, "the file is empty; a CTF file needs at least one sequence");
+    throw line_error(file.path(), 1, "the file is empty, so it contains no sequences");
   }
   FileIndex index;
   index.data_begin = check_file_start(file, &index.has_ids);

@@ -93,6 +93,27 @@ NumberStatus parse_number(const char* begin, const char* end, float* value) {
   return std::isfinite(*value) ? NumberStatus::ok : NumberStatus::out_of_range;
 }
 
+// Returns the end of the run of 1 to 7 digits at p if a token ends there, else nullptr.
+// Such a value is exact in float, and it is the common case of labels and counts.
+const char* read_simple_integer(const char* p, const char* line_end) {
+  const char* q = p;
+  while (q < line_end && text::is_digit(*q) && q - p < 7) {
+    ++q;
+  }
+  if (q == p || (q < line_end && !text::ends_token(*q))) {
+    return nullptr;
+  }
+  return q;
+}
+
+int32_t simple_integer_value(const char* begin, const char* end) {
+  int32_t value = 0;
+  for (const char* p = begin; p < end; ++p) {
+    value = value * 10 + (*p - '0');
+  }
+  return value;
+}
+
 const char* skip_value_delimiters(const char* p, const char* line_end) {
   while (p < line_end && text::is_value_delimiter(*p)) {
     ++p;
@@ -122,7 +143,8 @@ class SequenceParser {
         streams_(streams),
         result_(result),
         samples_in_sequence_(streams.size()),
-        last_line_(streams.size()) {
+        last_line_(streams.size()),
+        sizes_before_(streams.size()) {
     result_.streams.resize(streams.size());
     for (size_t s = 0; s < streams.size(); ++s) {
       if (streams[s].sparse) {
@@ -131,45 +153,46 @@ class SequenceParser {
     }
   }
 
-  // Parses one sequence and appends it to the result. Throws SequenceError for a
-  // malformed sequence, after removing what it had appended, and CtfError for a declared
+  // Parses the sequence whose first line starts at p, appends it to the result, and
+  // moves p and line past its last line. Throws SequenceError for a malformed sequence,
+  // after removing what it had appended and moving past it, and CtfError for a declared
   // stream without samples.
-  void parse(int64_t begin, int64_t end, int64_t first_line, int64_t position) {
+  void parse(const char*& p, const char* stop, int64_t& line, int64_t position) {
     const size_t warnings_before = result_.warnings.size();
     const int64_t num_warnings_before = result_.num_warnings;
-    std::vector<Sizes> sizes_before(streams_.size());
     for (size_t s = 0; s < streams_.size(); ++s) {
       const StreamData& data = result_.streams[s];
-      sizes_before[s] = {data.indices.size(), data.offsets.size(), data.values.size()};
+      sizes_before_[s] = {data.indices.size(), data.offsets.size(), data.values.size()};
       samples_in_sequence_[s] = 0;
       last_line_[s] = 0;
     }
 
-    const char* p = file_.data() + begin;
-    const char* stop = file_.data() + end;
+    const int64_t first_line = line;
     int64_t id = first_line - 1;
     if (has_ids_) {
       const char* after = nullptr;
       text::read_sequence_id(p, stop, &id, &after);
     }
-    int64_t line = first_line;
+    const char* next_line = p;
     try {
-      while (p < stop) {
+      do {
         const char* line_end = text::find_line_end(p, stop);
+        next_line = line_end < stop ? line_end + 1 : stop;
         parse_line(p, line_end, line, id);
         ++line;
-        p = line_end < stop ? line_end + 1 : stop;
-      }
+        p = next_line;
+      } while (p < stop && !starts_sequence(p, stop, id));
       check_sequence(first_line, line - first_line, id);
     } catch (const SequenceError&) {
       for (size_t s = 0; s < streams_.size(); ++s) {
         StreamData& data = result_.streams[s];
-        data.indices.resize(sizes_before[s].indices);
-        data.offsets.resize(sizes_before[s].offsets);
-        data.values.resize(sizes_before[s].values);
+        data.indices.resize(sizes_before_[s].indices);
+        data.offsets.resize(sizes_before_[s].offsets);
+        data.values.resize(sizes_before_[s].values);
       }
       result_.warnings.resize(warnings_before);
       result_.num_warnings = num_warnings_before;
+      skip_rest_of_sequence(p, next_line, stop, line, id);
       throw;
     }
 
@@ -197,6 +220,33 @@ class SequenceParser {
     return file_.path() + ":" + std::to_string(line) + ": ";
   }
 
+  // Returns whether the line at p starts a new sequence after the sequence `id`.
+  bool starts_sequence(const char* p, const char* stop, int64_t id) const {
+    if (!has_ids_) {
+      return true;
+    }
+    int64_t next_id = 0;
+    const char* after = nullptr;
+    const text::IdStatus status = text::read_sequence_id(p, stop, &next_id, &after);
+    return status == text::IdStatus::too_large ||
+           (status == text::IdStatus::ok && next_id != id);
+  }
+
+  // Moves p and line to the start of the next sequence after an error. p is either at
+  // the failed line, which ends before next_line, or already past the last line.
+  void skip_rest_of_sequence(const char*& p, const char* next_line, const char* stop,
+                             int64_t& line, int64_t id) const {
+    if (p < next_line) {
+      p = next_line;
+      ++line;
+    }
+    while (p < stop && !starts_sequence(p, stop, id)) {
+      const char* line_end = text::find_line_end(p, stop);
+      p = line_end < stop ? line_end + 1 : stop;
+      ++line;
+    }
+  }
+
   std::string stream_name(size_t s) const { return "stream `" + streams_[s].alias + "`"; }
 
   // Returns the declared stream whose alias is [begin, end), or -1.
@@ -204,7 +254,8 @@ class SequenceParser {
     const size_t length = static_cast<size_t>(end - begin);
     for (size_t s = 0; s < streams_.size(); ++s) {
       const std::string& alias = streams_[s].alias;
-      if (alias.size() == length && std::memcmp(alias.data(), begin, length) == 0) {
+      if (alias.size() == length && alias[0] == *begin &&
+          std::memcmp(alias.data(), begin, length) == 0) {
         return static_cast<int64_t>(s);
       }
     }
@@ -228,7 +279,7 @@ class SequenceParser {
         std::string message = "expected `|` and a stream name, found " +
                               text::quote(p, find_token_end(p, line_end));
         if (text::is_digit(*p) && samples_on_line == 0) {
-          message += "; a sequence id must start at the first column, with no blanks before it";
+          message += ". A sequence id must start at the first column, with no blanks before it";
         }
         fail(line, message);
       }
@@ -256,7 +307,7 @@ class SequenceParser {
       const size_t s = static_cast<size_t>(stream);
       if (last_line_[s] == line) {
         fail(line, stream_name(s) +
-                       " appears more than once on this line; a line holds at most one "
+                       " appears more than once on this line, but a line can hold only one "
                        "sample of each stream");
       }
       last_line_[s] = line;
@@ -268,7 +319,7 @@ class SequenceParser {
     if (samples_on_line == 0) {
       const std::string owner =
           has_ids_ ? "this line of sequence id " + std::to_string(id) : std::string("this line");
-      fail(line, owner + " has no sample of a declared stream; expected `|name values` "
+      fail(line, owner + " has no sample of a declared stream. Expected `|name values` "
                          "with one of the declared stream names");
     }
   }
@@ -284,14 +335,20 @@ class SequenceParser {
       if (p == line_end || text::ends_value_list(*p)) {
         break;
       }
-      const char* token_end = find_token_end(p, line_end);
+      const char* token_end = read_simple_integer(p, line_end);
       float value = 0.0f;
-      const NumberStatus status = parse_number(p, token_end, &value);
+      NumberStatus status = NumberStatus::ok;
+      if (token_end != nullptr) {
+        value = static_cast<float>(simple_integer_value(p, token_end));
+      } else {
+        token_end = find_token_end(p, line_end);
+        status = parse_number(p, token_end, &value);
+      }
       if (status != NumberStatus::ok) {
         fail(line, stream_name(s) + ": " + number_problem(status) + " " +
                        text::quote(p, token_end) +
                        (status == NumberStatus::invalid
-                            ? "; expected a decimal number such as 1, -0.5 or 2e-3"
+                            ? ". Expected a decimal number such as 1, -0.5 or 2e-3"
                             : ""));
       }
       if (count < dim) {
@@ -310,7 +367,7 @@ class SequenceParser {
       if (result_.warnings.size() < max_warning_messages) {
         result_.warnings.push_back(location(line) + stream_name(s) + " has " +
                                    std::to_string(count) + " of " + std::to_string(dim) +
-                                   " values; the missing values are set to 0");
+                                   " values, so the missing values are set to 0");
       }
     }
     return p;
@@ -322,6 +379,10 @@ class SequenceParser {
       p = skip_value_delimiters(p, line_end);
       if (p == line_end || text::ends_value_list(*p)) {
         break;
+      }
+      if (const char* pair_end = read_simple_pair(p, line_end, s); pair_end != nullptr) {
+        p = pair_end;
+        continue;
       }
       const char* token_end = find_token_end(p, line_end);
       const char* colon = static_cast<const char*>(
@@ -336,7 +397,7 @@ class SequenceParser {
       if (status != NumberStatus::ok) {
         fail(line, stream_name(s) + ": " + number_problem(status) + " " +
                        text::quote(colon + 1, token_end) + " in " + text::quote(p, token_end) +
-                       "; expected index:value such as 17:1 or 3:-0.5");
+                       ". Expected index:value, such as 17:1 or 3:-0.5");
       }
       data.indices.push_back(index);
       data.values.push_back(value);
@@ -346,12 +407,37 @@ class SequenceParser {
     return p;
   }
 
+  // Reads a pair of the common form `digits:digits`, with an index below dim and a
+  // value below 10^7, which is exact in float, and returns the end of the pair. Returns
+  // nullptr for any other form, which the general path then reads or reports.
+  const char* read_simple_pair(const char* p, const char* line_end, size_t s) {
+    const char* q = p;
+    uint64_t index = 0;
+    while (q < line_end && text::is_digit(*q) && q - p < 18) {
+      index = index * 10 + static_cast<uint64_t>(*q - '0');
+      ++q;
+    }
+    if (q == p || q == line_end || *q != text::index_delimiter ||
+        index >= static_cast<uint64_t>(streams_[s].dim)) {
+      return nullptr;
+    }
+    const char* value_begin = q + 1;
+    const char* value_end = read_simple_integer(value_begin, line_end);
+    if (value_end == nullptr) {
+      return nullptr;
+    }
+    StreamData& data = result_.streams[s];
+    data.indices.push_back(static_cast<int64_t>(index));
+    data.values.push_back(static_cast<float>(simple_integer_value(value_begin, value_end)));
+    return value_end;
+  }
+
   // Reads the index of the pair [begin, token_end) whose ':' is at `colon`.
   int64_t parse_index(const char* begin, const char* colon, const char* token_end, int64_t line,
                       size_t s) const {
     const int64_t dim = streams_[s].dim;
     const std::string valid_range =
-        "; valid indices are 0 to " + std::to_string(dim - 1) + " (dimension " +
+        ". Valid indices are 0 to " + std::to_string(dim - 1) + " (dimension " +
         std::to_string(dim) + ")";
     const char* p = begin;
     const bool negative = p < colon && *p == '-';
@@ -367,7 +453,7 @@ class SequenceParser {
     if (p != colon || p == digits_begin) {
       fail(line, stream_name(s) + ": invalid sparse index " + text::quote(begin, colon) +
                      " in " + text::quote(begin, token_end) +
-                     "; expected a non-negative integer before the `:`");
+                     ". Expected a non-negative integer before the `:`");
     }
     if (negative) {
       fail(line, stream_name(s) + ": sparse index " + std::string(begin, colon) +
@@ -393,7 +479,7 @@ class SequenceParser {
       if (samples_in_sequence_[s] == 0) {
         // Fatal in CNTK too, whatever maxErrors allows.
         throw CtfError(location(first_line) + owner + " has no sample of " + stream_name(s) +
-                       "; every declared stream needs at least one sample in each sequence");
+                       ". Every declared stream needs at least one sample in each sequence");
       }
       longest = std::max(longest, samples_in_sequence_[s]);
     }
@@ -411,6 +497,7 @@ class SequenceParser {
   ParseResult& result_;
   std::vector<int64_t> samples_in_sequence_;  // (streams,) in the current sequence
   std::vector<int64_t> last_line_;            // (streams,) line of the latest sample
+  std::vector<Sizes> sizes_before_;           // (streams,) output sizes before the sequence
 };
 
 }  // namespace
@@ -459,17 +546,42 @@ ParseResult parse_sequences(const MappedFile& file, bool has_ids,
   }
 
   ParseResult result;
+  int64_t total_bytes = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    total_bytes += ends[k] - begins[k];
+  }
+  result.position.reserve(static_cast<size_t>(count));
+  result.id.reserve(static_cast<size_t>(count));
+  result.first_line.reserve(static_cast<size_t>(count));
+  result.num_lines.reserve(static_cast<size_t>(count));
+  result.streams.resize(streams.size());
+  for (size_t s = 0; s < streams.size(); ++s) {
+    // A guess that saves most reallocations for text like `|x 17:1` and costs little
+    // otherwise: glibc serves large allocations with mmap, and reserved pages that are
+    // never written take no memory.
+    result.streams[s].lengths.reserve(static_cast<size_t>(count));
+    if (streams[s].sparse) {
+      result.streams[s].indices.reserve(static_cast<size_t>(total_bytes / 8));
+      result.streams[s].values.reserve(static_cast<size_t>(total_bytes / 8));
+      result.streams[s].offsets.reserve(static_cast<size_t>(total_bytes / 8));
+    }
+  }
   SequenceParser parser(file, has_ids, streams, result);
   for (int64_t k = 0; k < count; ++k) {
-    try {
-      parser.parse(begins[k], ends[k], first_lines[k], k);
-    } catch (const SequenceError& error) {
-      const std::string message =
-          file.path() + ":" + std::to_string(error.line) + ": " + error.message;
-      if (static_cast<int64_t>(result.skipped.size()) >= max_skipped) {
-        throw CtfError(message);
+    const char* p = file.data() + begins[k];
+    const char* stop = file.data() + ends[k];
+    int64_t line = first_lines[k];
+    while (p < stop) {
+      try {
+        parser.parse(p, stop, line, k);
+      } catch (const SequenceError& error) {
+        const std::string message =
+            file.path() + ":" + std::to_string(error.line) + ": " + error.message;
+        if (static_cast<int64_t>(result.skipped.size()) >= max_skipped) {
+          throw CtfError(message);
+        }
+        result.skipped.push_back(message);
       }
-      result.skipped.push_back(message);
     }
   }
   return result;

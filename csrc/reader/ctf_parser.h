@@ -120,7 +120,7 @@ struct StreamData {
 };
 
 struct ParseResult {
-  std::vector<int64_t> position;    // (num_sequences,) index of each kept sequence in the request
+  std::vector<int64_t> position;    // (num_sequences,) index of the range of each kept sequence
   std::vector<int64_t> id;          // (num_sequences,)
   std::vector<int64_t> first_line;  // (num_sequences,)
   std::vector<int64_t> num_lines;   // (num_sequences,)
@@ -135,12 +135,13 @@ struct ParseResult {
 
 inline constexpr size_t max_warning_messages = 100;
 
-// Parses the sequences whose byte ranges are [begins[k], ends[k]) with first line
-// first_lines[k], for k < count, as found by scan_chunk(). A malformed sequence is
-// skipped and its message stored in `skipped` while fewer than max_skipped sequences were
-// skipped in this call; past that, or with max_skipped = 0, its error is thrown as
-// CtfError. A declared stream with no sample in a sequence always throws, whatever
-// max_skipped is, as in CNTK.
+// Parses the byte ranges [begins[k], ends[k]) whose first line is first_lines[k], for
+// k < count. Each range starts at a sequence boundary and holds one or more whole
+// sequences: one sequence of scan_chunk(), or a whole chunk of index_file(). A malformed
+// sequence is skipped and its message stored in `skipped` while fewer than max_skipped
+// sequences were skipped in this call; past that, or with max_skipped = 0, its error is
+// thrown as CtfError. A declared stream with no sample in a sequence always throws,
+// whatever max_skipped is, as in CNTK.
 ParseResult parse_sequences(const MappedFile& file, bool has_ids,
                             const std::vector<StreamSpec>& streams, const int64_t* begins,
                             const int64_t* ends, const int64_t* first_lines, int64_t count,

@@ -64,22 +64,60 @@ inline IdStatus read_sequence_id(const char* p, const char* line_end, int64_t* i
   return too_large ? IdStatus::too_large : IdStatus::ok;
 }
 
-// Quotes up to 40 bytes of a token for an error message, with control bytes escaped.
-inline std::string quote(const char* begin, const char* end) {
-  std::string text = "`";
-  const char* stop = end - begin > 40 ? begin + 40 : end;
-  for (const char* p = begin; p < stop; ++p) {
-    const unsigned char c = static_cast<unsigned char>(*p);
-    if (c < 0x20 || c == 0x7f) {
-      static const char hex[] = "0123456789abcdef";
-      text += "\\x";
-      text += hex[c >> 4];
-      text += hex[c & 15];
-    } else {
-      text += static_cast<char>(c);
+// Returns the length of the valid UTF-8 character at [p, end), or 0 if the bytes there
+// are not valid UTF-8 (the byte ranges of Unicode's table 3-7, which Python's decoder
+// enforces too).
+inline int utf8_length(const unsigned char* p, const unsigned char* end) {
+  const unsigned char lead = p[0];
+  int length = 0;
+  unsigned char low = 0x80;
+  unsigned char high = 0xbf;
+  if (lead < 0x80) {
+    return 1;
+  } else if (lead >= 0xc2 && lead <= 0xdf) {
+    length = 2;
+  } else if (lead >= 0xe0 && lead <= 0xef) {
+    length = 3;
+    low = lead == 0xe0 ? 0xa0 : 0x80;
+    high = lead == 0xed ? 0x9f : 0xbf;
+  } else if (lead >= 0xf0 && lead <= 0xf4) {
+    length = 4;
+    low = lead == 0xf0 ? 0x90 : 0x80;
+    high = lead == 0xf4 ? 0x8f : 0xbf;
+  } else {
+    return 0;
+  }
+  if (end - p < length || p[1] < low || p[1] > high) {
+    return 0;
+  }
+  for (int k = 2; k < length; ++k) {
+    if (p[k] < 0x80 || p[k] > 0xbf) {
+      return 0;
     }
   }
-  return text + (stop < end ? "...`" : "`");
+  return length;
+}
+
+// Quotes up to 40 bytes of a token for an error message. Control bytes and bytes that
+// are not valid UTF-8 are written as \xNN, so that the message is valid UTF-8.
+inline std::string quote(const char* begin, const char* end) {
+  static const char hex[] = "0123456789abcdef";
+  std::string text = "`";
+  const auto* p = reinterpret_cast<const unsigned char*>(begin);
+  const auto* stop = reinterpret_cast<const unsigned char*>(end - begin > 40 ? begin + 40 : end);
+  while (p < stop) {
+    const int length = utf8_length(p, stop);
+    if (length == 0 || *p < 0x20 || *p == 0x7f) {
+      text += "\\x";
+      text += hex[*p >> 4];
+      text += hex[*p & 15];
+      ++p;
+    } else {
+      text.append(reinterpret_cast<const char*>(p), static_cast<size_t>(length));
+      p += length;
+    }
+  }
+  return text + (reinterpret_cast<const char*>(stop) < end ? "...`" : "`");
 }
 
 }  // namespace seqlstm::reader::text
