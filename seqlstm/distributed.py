@@ -85,6 +85,7 @@ def init_from_environment(device_type: str, timeout: timedelta = DEFAULT_TIMEOUT
         raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
     rank = _environment_int("RANK")
     local_rank = _environment_int("LOCAL_RANK")
+    # NOTE: the tests run gloo on the CPU only; the NCCL branch has not been run.
     if device_type == "cuda":
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if local_rank >= visible:

@@ -32,9 +32,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD_SIZE = 2
-LAUNCH_TIMEOUT = 240  # seconds per launch; a normal one takes about 10 on 2 cores
+LAUNCH_TIMEOUT = 240  # seconds per launch; one takes 10 to 30 on a shared 2-core machine
 
-# A small file: 24 sequences of 1 to 4 lines, and one of 12 lines, longer than a
+# A small file: 23 sequences of 1 to 4 lines, and one of 12 lines, longer than a
 # minibatch of 10 samples, so it forms a global minibatch alone and leaves rank 1 with
 # an empty share.
 NUM_SEQUENCES = 24
@@ -182,7 +182,7 @@ def spawned_run(tmp_path_factory):
 
 
 def global_order(workers, minibatch):
-    """Rebuild the sequence order of a global minibatch from the shares: worker r holds
+    """Rebuild the sequence order of a global minibatch from the shares: worker r has
     the positions k with k % WORLD_SIZE == r, in order."""
     shares = [worker["shares"][minibatch][0] for worker in workers]
     total = sum(len(share) for share in shares)
@@ -395,7 +395,7 @@ def test_torchrun_logs_status_from_rank_zero(torchrun_whole):
 
 def test_worker_error_names_rank(tmp_path):
     data = tmp_path / "bad.ctf"
-    # Without randomization the first minibatch holds sequences 0 to 3, and rank 1
+    # Without randomization the first minibatch contains sequences 0 to 3, and rank 1
     # parses positions 1 and 3.
     first_lines = write_ctf(data, bad_sequence=3)
     argv = train_argv(data, tmp_path) + ["--no-randomize"]
