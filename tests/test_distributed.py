@@ -130,6 +130,7 @@ def spawned_worker(rank, world_size, port, data, output):
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     torch.set_num_threads(1)
     distributed.init_from_environment("cpu", timedelta(seconds=LAUNCH_TIMEOUT))
@@ -154,9 +155,14 @@ def spawned_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("spawned")
     data = folder / "small.ctf"
     write_ctf(data)
+    # This process serves the workers' key-value store, as torchrun's agent does, so
+    # that no worker loses it at exit while another one is still shutting down.
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False
+    )
     context = mp.start_processes(
         spawned_worker,
-        args=(WORLD_SIZE, free_port(), str(data), str(folder)),
+        args=(WORLD_SIZE, store.port, str(data), str(folder)),
         nprocs=WORLD_SIZE,
         join=False,
         start_method="spawn",
