@@ -114,46 +114,50 @@ def data_parallel_worker(rank, world_size, port, args, results):
         )
         distributed.init_from_environment("cpu")
     try:
-        torch.manual_seed(args.seed)
-        model = SequenceClassifier()
-        reader = CTFReader(
-            default_data_path(),
-            STREAMS,
-            randomize=True,
-            seed=args.seed,
-            worker_rank=rank,
-            num_workers=world_size,
-        )
-        trainer = Trainer(
-            model,
-            reader,
-            lr=Schedule.constant(args.lr),
-            minibatch_size=args.minibatch_size,
-        )
-        trainer.train(WARMUP_MINIBATCHES)
-        sequences_before = trainer.state.samples_seen
-        if world_size > 1:
-            dist.barrier()
-        start = time.perf_counter()
-        trainer.train(WARMUP_MINIBATCHES + args.minibatches)
-        if world_size > 1:
-            dist.barrier()
-        seconds = time.perf_counter() - start
+        result = time_training(rank, world_size, args)
         if rank == 0:
-            results.put(
-                {
-                    "seconds": seconds,
-                    "sequences": trainer.state.samples_seen - sequences_before,
-                    # As numpy arrays: a tensor on a queue is shared through a file
-                    # descriptor, which is gone once this process has exited.
-                    "weights": {
-                        name: value.numpy().copy()
-                        for name, value in model.state_dict().items()
-                    },
-                }
-            )
+            results.put(result)
     finally:
         distributed.shut_down()
+
+
+def time_training(rank, world_size, args) -> dict:
+    """Train the main job as worker `rank`; return the timed part's seconds and
+    sequence count and the final weights."""
+    torch.manual_seed(args.seed)
+    model = SequenceClassifier()
+    reader = CTFReader(
+        default_data_path(),
+        STREAMS,
+        randomize=True,
+        seed=args.seed,
+        worker_rank=rank,
+        num_workers=world_size,
+    )
+    trainer = Trainer(
+        model,
+        reader,
+        lr=Schedule.constant(args.lr),
+        minibatch_size=args.minibatch_size,
+    )
+    trainer.train(WARMUP_MINIBATCHES)
+    sequences_before = trainer.state.samples_seen
+    if world_size > 1:
+        dist.barrier()
+    start = time.perf_counter()
+    trainer.train(WARMUP_MINIBATCHES + args.minibatches)
+    if world_size > 1:
+        dist.barrier()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "sequences": trainer.state.samples_seen - sequences_before,
+        # As numpy arrays: a tensor on a queue is shared through a file
+        # descriptor, which is gone once this process has exited.
+        "weights": {
+            name: value.numpy().copy() for name, value in model.state_dict().items()
+        },
+    }
 
 
 def run_workers(world_size, args) -> dict:

@@ -14,6 +14,7 @@ W <- W - lr * (sum of the per-sequence gradients over the global minibatch), and
 sum over workers of their partial sums is that gradient.
 """
 
+import gc
 import logging
 import os
 from contextlib import contextmanager
@@ -147,8 +148,15 @@ def _restart_store(world_size: int, timeout: timedelta):
 
 
 def shut_down() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    Call it once the DistributedDataParallel wrapper is unreachable. The collection
+    frees the wrapper, whose reducer refers to the process group, so the group is
+    destroyed now: destroyed later, during interpreter shutdown, gloo's threads could
+    abort the process ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -185,6 +185,9 @@ class Trainer:
         one process it only converts them."""
         if self.world_size == 1:
             return float(loss_sum), float(error_sum), float(sequences)
+        # TODO: this second all-reduce per step costs about as much as the gradients'
+        # on a 2-core machine (bench/RESULTS.md); the totals could ride in the last
+        # gradient bucket of DDP's communication hook instead.
         totals = torch.tensor(
             [float(loss_sum), float(error_sum), float(sequences)],
             dtype=torch.float64,

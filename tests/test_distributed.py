@@ -135,18 +135,23 @@ def spawned_worker(rank, world_size, port, data, output):
     torch.set_num_threads(1)
     distributed.init_from_environment("cpu", timedelta(seconds=LAUNCH_TIMEOUT))
     try:
-        trainer, reader, _ = train_recorded(data, rank, world_size)
-        torch.save(
-            {
-                "shares": reader.shares,
-                "state_dict": trainer.model.state_dict(),
-                "samples_seen": trainer.state.samples_seen,
-                "minibatches": trainer.state.minibatches,
-            },
-            Path(output) / f"rank{rank}.pt",
-        )
+        save_recorded_training(data, rank, world_size, Path(output) / f"rank{rank}.pt")
     finally:
         distributed.shut_down()
+
+
+def save_recorded_training(data, rank, world_size, path):
+    # A function of its own, so that the trainer is gone before shut_down.
+    trainer, reader, _ = train_recorded(data, rank, world_size)
+    torch.save(
+        {
+            "shares": reader.shares,
+            "state_dict": trainer.model.state_dict(),
+            "samples_seen": trainer.state.samples_seen,
+            "minibatches": trainer.state.minibatches,
+        },
+        path,
+    )
 
 
 @pytest.fixture(scope="module")
