@@ -129,10 +129,10 @@ def _restart_store(world_size: int, timeout: timedelta):
     (env://) when no torchrun agent serves one.
 
     The store that torchrun's agent serves at MASTER_ADDR:MASTER_PORT outlives the
-    workers, so after a restart (--max-restarts) the new workers would read the
-    connection keys that the failed ones wrote and fail to connect (torch 2.14 with
-    the static and the c10d rendezvous). Each restart therefore gets its own key
-    prefix, numbered by TORCHELASTIC_RESTART_COUNT.
+    workers. After a restart (--max-restarts), the new workers would read the
+    connection keys that the failed ones wrote and fail to connect, as seen with
+    torch 2.14 and both the static and the c10d rendezvous. So each restart gets its
+    own key prefix, numbered by TORCHELASTIC_RESTART_COUNT.
     """
     if not _uses_agent_store():
         return None
@@ -150,10 +150,11 @@ def _restart_store(world_size: int, timeout: timedelta):
 def shut_down() -> None:
     """Leave the process group, if this process joined one.
 
-    Call it once the DistributedDataParallel wrapper is unreachable. The collection
-    frees the wrapper, whose reducer refers to the process group, so the group is
-    destroyed now: destroyed later, during interpreter shutdown, gloo's threads could
-    abort the process ("terminate called without an active exception").
+    Call it once the DistributedDataParallel wrapper is unreachable. Its reducer
+    refers to the process group, so the garbage collection here frees both, and the
+    group is destroyed now. When the group was destroyed later, during interpreter
+    shutdown, gloo's threads sometimes aborted the process ("terminate called
+    without an active exception").
     """
     if dist.is_available() and dist.is_initialized():
         gc.collect()
