@@ -29,15 +29,35 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(verbose: bool) -> None:
-    """Send the package's log records to stderr as `seqlstm: message` lines."""
+def configure_logging(verbose: bool, prefix: str = "seqlstm: ", quiet: bool = False):
+    """Send the package's log records to stderr as `{prefix}message` lines. `quiet`
+    keeps only warnings and errors, unless `verbose`."""
     package_logger = logging.getLogger("seqlstm")
-    package_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(h, StderrHandler) for h in package_logger.handlers):
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
+    package_logger.setLevel(level)
+    handler = next(
+        (h for h in package_logger.handlers if isinstance(h, StderrHandler)), None
+    )
+    if handler is None:
         handler = StderrHandler()
-        handler.setFormatter(logging.Formatter("seqlstm: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.propagate = False
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+
+
+def log_prefix(command: str) -> tuple[str, int | None]:
+    """Return the prefix of log and error lines and this worker's rank: under torchrun
+    with several workers, `train` names the rank in every line."""
+    from seqlstm import distributed
+
+    if command != "train" or distributed.environment_world_size() == 1:
+        return "seqlstm: ", None
+    rank = distributed.environment_rank()
+    return f"seqlstm: rank {rank}: ", rank
 
 
 class UsageError(Exception):
@@ -306,6 +326,14 @@ def _add_training_options(parser) -> None:
         "(1 - momentum) * lr * gradient",
     )
     group.add_argument(
+        "--dist-timeout",
+        type=positive_int,
+        default=1800,
+        metavar="SECONDS",
+        help="with several workers under torchrun, seconds a worker waits for the "
+        "others in a gradient all-reduce before it fails (default: 1800)",
+    )
+    group.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -372,12 +400,12 @@ def _add_output_options(parser) -> None:
 def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=True):
     """Create the CTFReader of the input and label streams for `path`. With `shard`,
     each process of a distributed run reads its own share of every minibatch."""
+    from seqlstm import distributed
     from seqlstm.reader import CTFReader, StreamSpec
-    from seqlstm.trainer import distributed_world
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    rank, world_size = distributed_world() if shard else (0, 1)
+    rank, world_size = distributed.rank_and_world_size() if shard else (0, 1)
     streams = {
         "features": StreamSpec(args.input_stream, args.input_dim, True),
         "labels": StreamSpec(args.label_stream, args.label_dim, False),
@@ -406,15 +434,19 @@ def setup_runtime(args):
 
 
 def run_train(args) -> None:
-    """Train with the parsed options (see build_parser for each one)."""
+    """Train with the parsed options (see build_parser for each one). Under torchrun
+    with several workers, train data-parallel (see seqlstm.distributed)."""
+    from datetime import timedelta
+
     import torch
 
+    from seqlstm import distributed
     from seqlstm.checkpoint import save_model
     from seqlstm.learner import Schedule
     from seqlstm.metrics_log import MetricsLog, TensorBoardLog
     from seqlstm.model import SequenceClassifier
     from seqlstm.progress import ProgressPrinter
-    from seqlstm.trainer import Trainer, distributed_world, evaluate
+    from seqlstm.trainer import Trainer, evaluate
 
     if args.resume and args.checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir")
@@ -433,6 +465,12 @@ def run_train(args) -> None:
     for path in (data, args.eval_data):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: file not found")
+    worker = distributed.init_from_environment(
+        args.device, timedelta(seconds=args.dist_timeout)
+    )
+    if worker is not None:
+        device = worker.device
+    resume = args.resume or _restarted_with_checkpoint(args.checkpoint_dir)
 
     torch.manual_seed(args.seed)
     model_config = {
@@ -472,7 +510,7 @@ def run_train(args) -> None:
             cleanup.callback(tensorboard.close)
         # The table is written by one process only, header included.
         printer = None
-        if distributed_world()[0] == 0:
+        if worker is None or worker.rank == 0:
             printer = ProgressPrinter(freq=args.progress_freq, num_epochs=args.sweeps)
         trainer = Trainer(
             model,
@@ -491,8 +529,10 @@ def run_train(args) -> None:
             config={"model": model_config},
             device=device,
         )
-        if args.resume:
+        if resume:
             trainer.resume()
+        if worker is not None:
+            distributed.check_resumed_together(trainer.state.minibatches, device)
         state = trainer.train(minibatches)
     logger.info(
         "trained %d minibatches, %d sequences, in %.2f s",
@@ -509,6 +549,29 @@ def run_train(args) -> None:
             args, args.eval_data, randomize=False, max_sweeps=1, shard=False
         )
         print_evaluation(evaluate(model, eval_reader, args.minibatch_size, device))
+
+
+def _restarted_with_checkpoint(checkpoint_dir) -> bool:
+    """Return True when torchrun has restarted this worker after a failure and a
+    checkpoint exists to resume from."""
+    import os
+
+    from seqlstm.checkpoint import CHECKPOINT_NAME
+
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restarts == 0 or checkpoint_dir is None:
+        return False
+    if not (Path(checkpoint_dir) / CHECKPOINT_NAME).is_file():
+        logger.warning(
+            "torchrun restart %d: no checkpoint in %s yet, so training starts over",
+            restarts,
+            checkpoint_dir,
+        )
+        return False
+    logger.info(
+        "torchrun restart %d: resuming from the checkpoint in %s", restarts, checkpoint_dir
+    )
+    return True
 
 
 def print_evaluation(result) -> None:
@@ -553,14 +616,26 @@ def run_plot(args) -> None:
 def main(argv=None) -> int:
     """Run the `seqlstm` command; return the exit status."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    # Ranks other than 0 log only warnings and errors, so that status appears once.
+    prefix, rank = log_prefix(args.command)
+    configure_logging(args.verbose, prefix, quiet=rank not in (None, 0))
     commands = {"train": run_train, "eval": run_eval, "plot": run_plot}
+    from seqlstm import distributed
     from seqlstm.trainer import TrainingError
 
     try:
         commands[args.command](args)
-    except (UsageError, TrainingError, ValueError, OSError, ImportError) as error:
+    except (
+        UsageError,
+        TrainingError,
+        distributed.WorkerLostError,
+        ValueError,
+        OSError,
+        ImportError,
+    ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"seqlstm: error: {message}", file=sys.stderr)
+        print(f"{prefix}error: {message}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shut_down()
     return 0

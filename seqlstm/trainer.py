@@ -3,8 +3,9 @@ losses, the learner steps with a per-sample rate (seqlstm.learner), and progress
 written as CNTK's table (seqlstm.progress).
 
 With several processes (torch.distributed initialized), each process reads its share of
-every minibatch. `reduce_across_workers` is the one place where gradients and the
-minibatch totals are summed, and only rank 0 writes progress.
+every minibatch and trains through DistributedDataParallel, which sums the gradients of
+all workers in the backward pass (seqlstm.distributed). `reduce_across_workers` sums the
+minibatch totals, and only rank 0 writes progress and checkpoints.
 """
 
 import logging
@@ -14,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from seqlstm import distributed
 from seqlstm.checkpoint import load_checkpoint, save_checkpoint
 from seqlstm.learner import CNTKSGD, Schedule, describe_value
 from seqlstm.metrics_log import MetricsLog, TensorBoardLog
@@ -97,13 +98,6 @@ def loss_and_errors(logits: torch.Tensor, labels: torch.Tensor):
     return loss, errors
 
 
-def distributed_world() -> tuple[int, int]:
-    """Return (rank, world_size): (0, 1) unless torch.distributed is initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class TrainState:
     """Counters that a checkpoint restores alongside model, learner and reader."""
@@ -169,7 +163,11 @@ class Trainer:
             momentum_unit=momentum_unit,
             unit_gain=unit_gain,
         )
-        self.rank, self.world_size = distributed_world()
+        self.rank, self.world_size = distributed.rank_and_world_size()
+        # The module that runs forward and backward; checkpoints save the bare model.
+        self.network = model
+        if self.world_size > 1:
+            self.network = distributed.wrap_model(model, torch.device(device))
         self.printer = printer if self.rank == 0 else None
         self.metrics_log = metrics_log if self.rank == 0 else None
         self.tensorboard = tensorboard if self.rank == 0 else None
@@ -180,23 +178,22 @@ class Trainer:
         self.state = TrainState()
         self.checkpointed_minibatch = None  # minibatch of the last checkpoint written
 
-    # Gradient and totals reduction: the one place where workers exchange data.
+    # Reduction across workers. DistributedDataParallel sums the gradients during
+    # backward (see seqlstm.distributed.wrap_model), and the totals are summed here.
     def reduce_across_workers(self, loss_sum, error_sum, sequences):
-        """Sum the gradients and the minibatch totals over all workers and return the
-        totals as floats. With one process it only converts the totals."""
+        """Sum the minibatch totals over all workers and return them as floats. With
+        one process it only converts them."""
         if self.world_size == 1:
             return float(loss_sum), float(error_sum), float(sequences)
+        # TODO: this second all-reduce per step costs about as much as the gradients'
+        # on a 2-core machine (bench/RESULTS.md); the totals could ride in the last
+        # gradient bucket of DDP's communication hook instead.
         totals = torch.tensor(
             [float(loss_sum), float(error_sum), float(sequences)],
             dtype=torch.float64,
             device=self.device,
         )
-        for param in self.trained_parameters:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad)
-        dist.all_reduce(totals)
-        loss_sum, error_sum, sequences = totals.tolist()
+        loss_sum, error_sum, sequences = distributed.all_reduce_sum(totals).tolist()
         return loss_sum, error_sum, sequences
 
     def train_minibatch(self, minibatch) -> tuple[float, float, int]:
@@ -208,21 +205,24 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, error_sum, sequences = 0.0, 0.0, 0
-        if minibatch.num_sequences > 0:
-            batch = make_batch(minibatch, self.device)
-            logits = self.model(
-                batch.indices, batch.values, batch.offsets, batch.lengths
+        with distributed.collective_failure(f"minibatch {self.state.minibatches + 1}"):
+            if minibatch.num_sequences > 0:
+                batch = make_batch(minibatch, self.device)
+                logits = self.network(
+                    batch.indices, batch.values, batch.offsets, batch.lengths
+                )
+                loss, errors = loss_and_errors(logits, batch.labels)
+                loss.backward()
+                loss_sum, error_sum, sequences = (
+                    loss.item(),
+                    errors.item(),
+                    batch.num_sequences,
+                )
+            elif self.world_size > 1:
+                self._backward_zero_gradients()
+            loss_sum, error_sum, sequences = self.reduce_across_workers(
+                loss_sum, error_sum, sequences
             )
-            loss, errors = loss_and_errors(logits, batch.labels)
-            loss.backward()
-            loss_sum, error_sum, sequences = (
-                loss.item(),
-                errors.item(),
-                batch.num_sequences,
-            )
-        loss_sum, error_sum, sequences = self.reduce_across_workers(
-            loss_sum, error_sum, sequences
-        )
         number = self.state.minibatches + 1
         if not math.isfinite(loss_sum):
             raise TrainingError(
@@ -246,6 +246,16 @@ class Trainer:
         self.state.samples_seen += int(sequences)
         self.state.last_metric = error_sum / sequences if sequences else 0.0
         return loss_sum, error_sum, int(sequences)
+
+    def _backward_zero_gradients(self) -> None:
+        """Join the gradient all-reduce with zero gradients, for a worker whose share
+        of the minibatch is empty: DDP reduces only when every worker runs backward."""
+        indices = torch.zeros(1, dtype=torch.int64, device=self.device)
+        values = torch.zeros(1, dtype=torch.float32, device=self.device)
+        offsets = torch.tensor([0, 1], dtype=torch.int64, device=self.device)
+        lengths = torch.ones(1, dtype=torch.int64)
+        logits = self.network(indices, values, offsets, lengths)
+        (logits.sum() * 0.0).backward()
 
     def train(self, minibatches: int | None = None) -> TrainState:
         """Train until `minibatches` minibatches are done in all (counting those before a
