@@ -12,7 +12,10 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqlstm import ops  # noqa: F401  (registers the operators' autograd)
-from seqlstm.packing import check_lengths, pack_order
+from seqlstm.packing import check_lengths
+
+# The operator's only overload, called directly to skip the overload lookup per call.
+_lstm_forward = torch.ops.seqlstm.lstm_forward.default
 
 
 class LSTM(nn.Module):
@@ -102,6 +105,22 @@ class LSTM(nn.Module):
                         name + suffix, nn.Parameter(torch.empty(shape, **factory))
                     )
                     self._flat_weights_names.append(name + suffix)
+        # Parameter names of each layer and direction, in the order _run_layers reads
+        # them: weight_ih, weight_hh, bias_ih, bias_hh, weight_hr (None when absent).
+        self._layer_names = [
+            tuple(
+                f"{name}_l{layer}{'_reverse' if direction else ''}" if present else None
+                for name, present in [
+                    ("weight_ih", True),
+                    ("weight_hh", True),
+                    ("bias_ih", bias),
+                    ("bias_hh", bias),
+                    ("weight_hr", proj_size > 0),
+                ]
+            )
+            for layer in range(num_layers)
+            for direction in range(num_directions)
+        ]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -200,14 +219,15 @@ class LSTM(nn.Module):
                         f"lengths must have one entry per sequence ({batch_size}), got "
                         f"{lengths.shape[0]}"
                     )
-                order = pack_order(lengths)
-                batch_sizes = order.batch_sizes
+                batch_sizes, sorted_indices, unsorted_indices, source_rows = _padded_layout(
+                    lengths, num_steps
+                )
                 device = padded.device
-                source_rows = _padded_rows(batch_sizes, order.sorted_indices, batch_size)
                 source_rows = source_rows.to(device)
-                sorted_indices = order.sorted_indices.to(device)
-                unsorted_indices = order.unsorted_indices.to(device)
-                data = padded.reshape(num_steps * batch_size, padded.shape[2])[source_rows]
+                sorted_indices = sorted_indices.to(device)
+                unsorted_indices = unsorted_indices.to(device)
+                flat = padded.reshape(num_steps * batch_size, padded.shape[2])
+                data = flat.index_select(0, source_rows)
 
         if data.dim() != 2 or data.shape[1] != self.input_size:
             raise ValueError(
@@ -268,21 +288,22 @@ class LSTM(nn.Module):
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 state = layer * num_directions + direction
-                bias = None
-                if self.bias:
-                    bias = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
+                names = self._layer_names[state]
+                weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
+                    None if name is None else getattr(self, name) for name in names
+                )
+                bias = None if bias_ih is None else bias_ih + bias_hh
                 direction_input = layer_input if direction == 0 else layer_input[reverse_rows]
-                output, h, c, _, _ = torch.ops.seqlstm.lstm_forward(
+                output, h, c, _, _ = _lstm_forward(
                     direction_input,
                     batch_sizes,
                     h_0[state],
                     c_0[state],
-                    getattr(self, "weight_ih" + suffix),
-                    getattr(self, "weight_hh" + suffix),
+                    weight_ih,
+                    weight_hh,
                     bias,
-                    getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None,
+                    weight_hr,
                     self.algorithm,
                 )
                 outputs.append(output if direction == 0 else output[reverse_rows])
@@ -291,6 +312,8 @@ class LSTM(nn.Module):
             layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, 1)
             if self.dropout > 0 and self.training and layer + 1 < self.num_layers:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
+        if len(h_n) == 1:
+            return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
 
 
@@ -298,12 +321,21 @@ def _step_offsets(batch_sizes):
     return torch.cumsum(batch_sizes, 0) - batch_sizes
 
 
-def _padded_rows(batch_sizes, sorted_indices, batch_size):
-    """Row of the time-major padded (L * N, .) tensor that each packed row comes from."""
-    total = int(batch_sizes.sum())
-    step = torch.repeat_interleave(torch.arange(batch_sizes.shape[0]), batch_sizes)
-    position = torch.arange(total) - _step_offsets(batch_sizes)[step]
-    return step * batch_size + sorted_indices[position]
+def _padded_layout(lengths, num_steps):
+    """Return batch_sizes, sorted_indices, unsorted_indices and the row of the
+    time-major padded (L * N, .) tensor that each packed row comes from."""
+    batch_size = lengths.shape[0]
+    sorted_lengths, sorted_indices = torch.sort(lengths, descending=True, stable=True)
+    unsorted_indices = torch.empty_like(sorted_indices)
+    unsorted_indices[sorted_indices] = torch.arange(batch_size)
+    steps = torch.arange(num_steps).unsqueeze(1)
+    # active[t, n]: the n-th longest sequence has a sample at step t. Its True entries
+    # in row-major order are the packed rows.
+    active = steps < sorted_lengths.unsqueeze(0)
+    batch_sizes = active.sum(1)
+    batch_sizes = batch_sizes[batch_sizes > 0]
+    source_rows = (steps * batch_size + sorted_indices.unsqueeze(0))[active]
+    return batch_sizes, sorted_indices, unsorted_indices, source_rows
 
 
 def _reverse_rows(batch_sizes):

@@ -89,45 +89,6 @@ def _lstm_backward_fake(
     )
 
 
-def _lstm_setup_context(ctx, inputs, output):
-    input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr, algorithm = inputs
-    out, h_n, c_n, gates, cell = output
-    ctx.has_bias = bias is not None
-    ctx.algorithm = algorithm
-    ctx.mark_non_differentiable(gates, cell)
-    ctx.save_for_backward(
-        input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr, out, gates, cell
-    )
-
-
-def _lstm_backward(ctx, grad_output, grad_h_n, grad_c_n, grad_gates, grad_cell):
-    (input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr, output, gates,
-     cell) = ctx.saved_tensors
-    # Outputs that took no part in the loss arrive as None; the kernels take zeros.
-    if grad_output is None:
-        grad_output = torch.zeros_like(output)
-    if grad_h_n is None:
-        grad_h_n = torch.zeros_like(h_0)
-    if grad_c_n is None:
-        grad_c_n = torch.zeros_like(c_0)
-    (grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
-     grad_weight_hr) = torch.ops.seqlstm.lstm_backward(
-        grad_output, grad_h_n, grad_c_n, input, batch_sizes, h_0, c_0, weight_ih,
-        weight_hh, weight_hr, output, gates, cell, ctx.algorithm,
-    )
-    return (
-        grad_input,
-        None,
-        grad_h_0,
-        grad_c_0,
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias if ctx.has_bias else None,
-        grad_weight_hr if weight_hr is not None else None,
-        None,
-    )
-
-
-torch.library.register_autograd(
-    "seqlstm::lstm_forward", _lstm_backward, setup_context=_lstm_setup_context
-)
+# The autograd of seqlstm::lstm_forward is registered in C++ (csrc/lstm_autograd.cpp) for
+# every backend. Its backward calls seqlstm::lstm_backward, and a Python formula here
+# added about 0.1 ms per forward and backward at the seed shape.

@@ -7,10 +7,11 @@
 // in reverse, writes the gate gradients of every step into a (total, 4*H) buffer, and
 // computes the input and weight gradients from it with a few large GEMMs at the end.
 //
-// Two paths run the same arithmetic. The per-step path (algorithm 1) calls an ATen
-// GEMM per step and splits the cell math over threads. The small-hidden path
-// (algorithm 2) calls BLAS directly and runs the cell math on one thread, so a step
-// costs no operator dispatch; at H = 25 that overhead would exceed the arithmetic.
+// Both paths call BLAS directly where torch exports it (else ATen's GEMM), so a step costs
+// no operator dispatch; at H = 25 that overhead would exceed the arithmetic. The
+// per-step path (algorithm 1) splits the cell math of a step over threads, and the
+// small-hidden path (algorithm 2) runs it on the calling thread, which is faster when a
+// step is too small to pay for waking the thread pool.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -142,9 +143,6 @@ void for_rows(bool parallel, int64_t rows, int64_t work_per_row, const Body& bod
   }
 }
 
-bool use_direct_blas(Algorithm algorithm, bool blas) {
-  return algorithm == Algorithm::kSmallHidden && blas;
-}
 
 Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
   TORCH_CHECK_VALUE(algorithm >= 0 && algorithm <= 2,
@@ -324,7 +322,7 @@ void lstm_forward_kernel(Algorithm algorithm, const LstmSizes& sizes,
   const int64_t H_in = sizes.input_size;
   const bool projected = weight_hr.defined();
   const bool parallel = algorithm == Algorithm::kPerStep;
-  const Gemm<scalar_t> gemm{use_direct_blas(algorithm, blas_available<scalar_t>())};
+  const Gemm<scalar_t> gemm{blas_available<scalar_t>()};
 
   const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
   const std::vector<int64_t> offsets = step_offsets(batch_sizes);
@@ -399,7 +397,7 @@ void lstm_backward_kernel(Algorithm algorithm, const LstmSizes& sizes,
   const int64_t total = sizes.total;
   const bool projected = weight_hr.defined();
   const bool parallel = algorithm == Algorithm::kPerStep;
-  const Gemm<scalar_t> gemm{use_direct_blas(algorithm, blas_available<scalar_t>())};
+  const Gemm<scalar_t> gemm{blas_available<scalar_t>()};
 
   const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
   const std::vector<int64_t> offsets = step_offsets(batch_sizes);
