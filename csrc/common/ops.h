@@ -6,6 +6,7 @@
 #include <optional>
 
 #include <cstdint>
+#include <tuple>
 
 namespace seqlstm {
 
@@ -66,5 +67,16 @@ lstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& output,
                   const at::Tensor& gates, const at::Tensor& cell, int64_t algorithm);
+
+}  // namespace seqlstm
+
+namespace seqlstm {
+
+// Packed layout of sequences with the given int64 CPU lengths (N,), each >= 1:
+// (batch_sizes (L,), sorted_indices (N,), unsorted_indices (N,), packed_rows (total,)),
+// all int64 on the CPU. Sequences sort by descending length, stable for equal lengths,
+// and packed_rows[i] is the packed row of sample i in sequence-major order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
+    const at::Tensor& lengths);
 
 }  // namespace seqlstm
