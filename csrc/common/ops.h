@@ -79,4 +79,16 @@ namespace seqlstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
     const at::Tensor& lengths);
 
+// Softmax cross-entropy summed over the rows of logits (N, C), and the number of rows
+// whose first argmax of logits differs from their class. The class of row n is the
+// first argmax of labels[n]. Returns (loss, errors), 0-d tensors of logits' dtype and
+// of int64.
+std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const at::Tensor& logits,
+                                                             const at::Tensor& labels);
+
+// Gradient of softmax_cross_entropy's loss with respect to logits, given the 0-d
+// gradient of the loss: (N, C).
+at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss,
+                                              const at::Tensor& logits, const at::Tensor& labels);
+
 }  // namespace seqlstm
