@@ -43,6 +43,13 @@ TORCH_LIBRARY(seqlstm, m) {
   m.def(
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels) -> "
       "Tensor");
+  m.def(
+      "linear_softmax_cross_entropy(Tensor input, Tensor weight, Tensor? bias, Tensor labels) "
+      "-> (Tensor loss, Tensor errors)");
+  m.def(
+      "linear_softmax_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor weight, "
+      "Tensor? bias, Tensor labels) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_bias)");
 }
 
 namespace {

@@ -1,4 +1,4 @@
-"""The fused softmax cross-entropy operator against torch's loss and argmax."""
+"""The fused softmax cross-entropy operators against torch's loss and argmax."""
 
 import pytest
 import torch
@@ -108,4 +108,88 @@ def test_backward_grad_loss_not_0d():
     with pytest.raises(ValueError, match="grad_loss must have 0 dimensions"):
         torch.ops.seqlstm.softmax_cross_entropy_backward(
             torch.ones(1), torch.zeros(2, 3), torch.zeros(2, 3)
+        )
+
+
+linear_softmax_cross_entropy = torch.ops.seqlstm.linear_softmax_cross_entropy
+
+
+def random_linear_case(rows, in_features, classes, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    input = torch.randn(rows, in_features, dtype=dtype, generator=generator)
+    weight = torch.randn(classes, in_features, dtype=dtype, generator=generator)
+    bias = torch.randn(classes, dtype=dtype, generator=generator)
+    targets = torch.randint(0, classes, (rows,), generator=generator)
+    labels = F.one_hot(targets, classes).to(dtype)
+    return input, weight, bias, labels, targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_loss_matches_torch(dtype, with_bias):
+    input, weight, bias, labels, targets = random_linear_case(44, 25, 5, dtype, seed=5)
+    bias = bias if with_bias else None
+    tensors = [t.clone().requires_grad_() for t in (input, weight)]
+    ours_bias = bias.clone().requires_grad_() if with_bias else None
+    loss, errors = linear_softmax_cross_entropy(*tensors, ours_bias, labels)
+    loss.backward()
+
+    reference = [t.clone().requires_grad_() for t in (input, weight)]
+    reference_bias = bias.clone().requires_grad_() if with_bias else None
+    logits = F.linear(*reference, reference_bias)
+    expected = F.cross_entropy(logits, targets, reduction="sum")
+    expected.backward()
+
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(loss, expected, rtol=tolerance, atol=tolerance)
+    assert int(errors) == int((logits.argmax(dim=1) != targets).sum())
+    for ours, theirs in zip(tensors, reference):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=tolerance, atol=tolerance)
+    if with_bias:
+        torch.testing.assert_close(
+            ours_bias.grad, reference_bias.grad, rtol=tolerance, atol=tolerance
+        )
+
+
+def test_linear_gradcheck():
+    input, weight, bias, labels, _ = random_linear_case(5, 3, 4, torch.float64, seed=6)
+    tensors = tuple(t.requires_grad_() for t in (input, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: linear_softmax_cross_entropy(x, w, b, labels)[0], tensors
+    )
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_linear_opcheck(requires_grad):
+    input, weight, bias, labels, _ = random_linear_case(9, 6, 5, torch.float32, seed=7)
+    for tensor in (input, weight, bias):
+        tensor.requires_grad_(requires_grad)
+    torch.library.opcheck(linear_softmax_cross_entropy, (input, weight, bias, labels))
+
+
+def test_linear_weight_shape_differs():
+    with pytest.raises(ValueError, match=r"weight must have shape .* got \(5, 4\)"):
+        linear_softmax_cross_entropy(
+            torch.zeros(2, 3), torch.zeros(5, 4), None, torch.zeros(2, 5)
+        )
+
+
+def test_linear_bias_shape_differs():
+    with pytest.raises(ValueError, match="bias must have shape"):
+        linear_softmax_cross_entropy(
+            torch.zeros(2, 3), torch.zeros(5, 3), torch.zeros(4), torch.zeros(2, 5)
+        )
+
+
+def test_linear_labels_shape_differs():
+    with pytest.raises(ValueError, match=r"labels must have shape .* got \(2, 4\)"):
+        linear_softmax_cross_entropy(
+            torch.zeros(2, 3), torch.zeros(5, 3), None, torch.zeros(2, 4)
+        )
+
+
+def test_linear_input_integer_dtype():
+    with pytest.raises(TypeError, match="input must have a floating-point dtype"):
+        linear_softmax_cross_entropy(
+            torch.zeros(2, 3, dtype=torch.int64), torch.zeros(5, 3), None, torch.zeros(2, 5)
         )

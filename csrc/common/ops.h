@@ -91,4 +91,16 @@ std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const at::Tensor& l
 at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss,
                                               const at::Tensor& logits, const at::Tensor& labels);
 
+// softmax_cross_entropy of the logits input @ weight^T + bias, with input (N, in_features),
+// weight (C, in_features) and bias (C,) or none, as torch.nn.Linear has them.
+std::tuple<at::Tensor, at::Tensor> linear_softmax_cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& labels);
+
+// Gradients of linear_softmax_cross_entropy's loss, given the 0-d gradient of the loss:
+// (grad_input, grad_weight, grad_bias), grad_bias of shape (0,) without bias.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_softmax_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& labels);
+
 }  // namespace seqlstm

@@ -41,6 +41,55 @@ int64_t first_argmax(const scalar_t* row, int64_t count) {
   return best;
 }
 
+void check_linear_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                       const at::Tensor& labels) {
+  check_dim(input, "input", 2);
+  check_floating(input, "input");
+  check_device_type(input, "input", c10::DeviceType::CPU);
+  check_dim(weight, "weight", 2);
+  check_same_dtype(weight, "weight", input, "input");
+  check_same_device(weight, "weight", input, "input");
+  TORCH_CHECK_VALUE(weight.size(1) == input.size(1),
+                    "weight must have shape (num_classes, in_features) with in_features = ",
+                    input.size(1), ", got ", shape_string(weight.sizes()));
+  if (bias.defined()) {
+    check_shape(bias, "bias", {weight.size(0)}, "(num_classes,)");
+    check_same_dtype(bias, "bias", input, "input");
+    check_same_device(bias, "bias", input, "input");
+  }
+  check_defined(labels, "labels");
+  TORCH_CHECK_VALUE(labels.dim() == 2 && labels.size(0) == input.size(0) &&
+                        labels.size(1) == weight.size(0),
+                    "labels must have shape (num_rows, num_classes) = (", input.size(0), ", ",
+                    weight.size(0), "), got ", shape_string(labels.sizes()));
+}
+
+// logits = input @ weight^T + bias as a new (N, C) tensor, each sum in double. A loop,
+// because at the classifier's sizes a GEMM call costs more than the arithmetic.
+at::Tensor linear_logits(const at::Tensor& input, const at::Tensor& weight,
+                         const at::Tensor& bias) {
+  const int64_t num_rows = input.size(0);
+  const int64_t in_features = input.size(1);
+  const int64_t num_classes = weight.size(0);
+  at::Tensor logits = at::empty({num_rows, num_classes}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_logits", [&] {
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* z = logits.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < num_rows; ++n) {
+      for (int64_t k = 0; k < num_classes; ++k) {
+        double sum = b ? static_cast<double>(b[k]) : 0.0;
+        for (int64_t p = 0; p < in_features; ++p) {
+          sum += static_cast<double>(x[n * in_features + p]) * w[k * in_features + p];
+        }
+        z[n * num_classes + k] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+  return logits;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const at::Tensor& logits_arg,
@@ -114,9 +163,83 @@ at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss_arg,
   return grad_logits;
 }
 
+std::tuple<at::Tensor, at::Tensor> linear_softmax_cross_entropy_cpu(
+    const at::Tensor& input_arg, const at::Tensor& weight_arg,
+    const std::optional<at::Tensor>& bias_arg, const at::Tensor& labels_arg) {
+  const at::Tensor bias_given = bias_arg.value_or(at::Tensor());
+  check_linear_args(input_arg, weight_arg, bias_given, labels_arg);
+  const at::Tensor logits = linear_logits(input_arg.contiguous(), weight_arg.contiguous(),
+                                          bias_given.defined() ? bias_given.contiguous()
+                                                               : at::Tensor());
+  return softmax_cross_entropy_cpu(logits, labels_arg);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_softmax_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input_arg, const at::Tensor& weight_arg,
+    const std::optional<at::Tensor>& bias_arg, const at::Tensor& labels_arg) {
+  const at::Tensor bias_given = bias_arg.value_or(at::Tensor());
+  check_linear_args(input_arg, weight_arg, bias_given, labels_arg);
+  const at::Tensor input = input_arg.contiguous();
+  const at::Tensor weight = weight_arg.contiguous();
+  const at::Tensor bias = bias_given.defined() ? bias_given.contiguous() : at::Tensor();
+  // The logits are recomputed rather than saved: N x C x in_features multiply-adds.
+  const at::Tensor grad_logits =
+      softmax_cross_entropy_backward_cpu(grad_loss, linear_logits(input, weight, bias),
+                                         labels_arg);
+  const int64_t num_rows = input.size(0);
+  const int64_t in_features = input.size(1);
+  const int64_t num_classes = weight.size(0);
+  at::Tensor grad_input = at::empty_like(input);
+  at::Tensor grad_weight = at::empty_like(weight);
+  at::Tensor grad_bias = bias.defined() ? at::empty_like(bias) : at::empty({0}, input.options());
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_softmax_cross_entropy_backward_cpu",
+                             [&] {
+    const scalar_t* dz = grad_logits.const_data_ptr<scalar_t>();
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    scalar_t* dx = grad_input.data_ptr<scalar_t>();
+    scalar_t* dw = grad_weight.data_ptr<scalar_t>();
+    // grad_input = grad_logits @ weight, grad_weight = grad_logits^T @ input and
+    // grad_bias = the column sums of grad_logits, each sum in double.
+    for (int64_t n = 0; n < num_rows; ++n) {
+      for (int64_t p = 0; p < in_features; ++p) {
+        double sum = 0.0;
+        for (int64_t k = 0; k < num_classes; ++k) {
+          sum += static_cast<double>(dz[n * num_classes + k]) * w[k * in_features + p];
+        }
+        dx[n * in_features + p] = static_cast<scalar_t>(sum);
+      }
+    }
+    for (int64_t k = 0; k < num_classes; ++k) {
+      for (int64_t p = 0; p < in_features; ++p) {
+        double sum = 0.0;
+        for (int64_t n = 0; n < num_rows; ++n) {
+          sum += static_cast<double>(dz[n * num_classes + k]) * x[n * in_features + p];
+        }
+        dw[k * in_features + p] = static_cast<scalar_t>(sum);
+      }
+    }
+    if (bias.defined()) {
+      scalar_t* db = grad_bias.data_ptr<scalar_t>();
+      for (int64_t k = 0; k < num_classes; ++k) {
+        double sum = 0.0;
+        for (int64_t n = 0; n < num_rows; ++n) {
+          sum += dz[n * num_classes + k];
+        }
+        db[k] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
 }  // namespace seqlstm
 
 TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
   m.impl("softmax_cross_entropy", &seqlstm::softmax_cross_entropy_cpu);
   m.impl("softmax_cross_entropy_backward", &seqlstm::softmax_cross_entropy_backward_cpu);
+  m.impl("linear_softmax_cross_entropy", &seqlstm::linear_softmax_cross_entropy_cpu);
+  m.impl("linear_softmax_cross_entropy_backward",
+         &seqlstm::linear_softmax_cross_entropy_backward_cpu);
 }
