@@ -249,7 +249,9 @@ class Trainer:
         Raises:
             TrainingError: the loss is NaN or infinite; nothing was updated.
         """
-        self.optimizer.zero_grad(set_to_none=True)
+        # What optimizer.zero_grad(set_to_none=True) does, without its profiler record.
+        for param in self.trained_parameters:
+            param.grad = None
         loss_sum, error_sum, sequences = 0.0, 0.0, 0
         if minibatch.num_sequences > 0:
             batch = make_batch(minibatch, self.device)
