@@ -5,6 +5,7 @@ packed layout (see seqlstm.packing), so no step computes padding.
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,12 @@ class LSTM(nn.Module):
             raise ValueError(
                 f"proj_size must be at most hidden_size ({hidden_size}), got {proj_size}"
             )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout applies between layers only, so dropout > 0 has no effect with "
+                f"num_layers = 1 (got dropout = {dropout})",
+                stacklevel=2,
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -128,6 +135,10 @@ class LSTM(nn.Module):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Do nothing: the kernels read each parameter where it is. Present so that code
+        written for torch.nn.LSTM, which calls it for cuDNN, runs unchanged."""
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:

@@ -28,25 +28,33 @@ def _embedding_bag_backward_fake(
 def _embedding_bag_setup_context(ctx, inputs, output):
     weight, indices, offsets, per_sample_weights, output_order = inputs
     ctx.num_embeddings = weight.shape[0]
-    ctx.save_for_backward(indices, offsets, per_sample_weights, output_order)
+    ctx.save_for_backward(weight, indices, offsets, per_sample_weights, output_order)
 
 
 def _embedding_bag_backward(ctx, grad_output):
-    indices, offsets, per_sample_weights, output_order = ctx.saved_tensors
-    grad_weight = torch.ops.seqlstm.embedding_bag_backward(
-        grad_output,
-        indices,
-        offsets,
-        per_sample_weights,
-        output_order,
-        ctx.num_embeddings,
-        torch.are_deterministic_algorithms_enabled(),
-    )
-    # NOTE: per_sample_weights gets no gradient; it is treated as data, as the values
-    # of a sparse input are. Autograd raises if it requires grad.
-    return grad_weight, None, None, None, None
-
-
+    weight, indices, offsets, per_sample_weights, output_order = ctx.saved_tensors
+    grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_weight = torch.ops.seqlstm.embedding_bag_backward(
+            grad_output,
+            indices,
+            offsets,
+            per_sample_weights,
+            output_order,
+            ctx.num_embeddings,
+            torch.are_deterministic_algorithms_enabled(),
+        )
+    grad_per_sample_weights = None
+    if per_sample_weights is not None and ctx.needs_input_grad[3]:
+        # d output[row(k)] / d per_sample_weights[k] = weight[indices[k]], so the gradient
+        # is the dot product of that row with the output gradient of its sample.
+        num_samples = offsets.shape[0] - 1
+        sample = torch.repeat_interleave(
+            torch.arange(num_samples, device=offsets.device), offsets.diff()
+        )
+        row = sample if output_order is None else output_order[sample]
+        grad_per_sample_weights = (weight[indices] * grad_output[row]).sum(1)
+    return grad_weight, None, None, grad_per_sample_weights, None
 torch.library.register_autograd(
     "seqlstm::embedding_bag_forward",
     _embedding_bag_backward,

@@ -98,3 +98,163 @@ def test_bad_output_order_rejected():
         embedding(indices, offsets, output_order=torch.tensor([0, 0]))
     with pytest.raises(ValueError, match=r"output_order must have shape \(num_samples,\) = \(2,\)"):
         embedding(indices, offsets, output_order=torch.tensor([0]))
+
+
+def test_per_sample_weights_gradient_matches_embedding_bag():
+    generator = torch.Generator().manual_seed(5)
+    indices, offsets, values = make_csr(9, 6, 3, generator)
+    weight = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    values_ours = values.clone().requires_grad_()
+    values_ref = values.clone().requires_grad_()
+    out = torch.ops.seqlstm.embedding_bag_forward(weight, indices, offsets, values_ours, None)
+    ref = F.embedding_bag(indices, weight, offsets[:-1], mode="sum",
+                          per_sample_weights=values_ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(values_ours.grad, values_ref.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_per_sample_weights_with_order():
+    weight = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    values = torch.tensor([0.5, 2.0, -1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([1, 2, 1, 4])
+    offsets = torch.tensor([0, 1, 1, 4])
+    order = torch.tensor([2, 0, 1])
+    assert torch.autograd.gradcheck(
+        lambda w, v: torch.ops.seqlstm.embedding_bag_forward(w, indices, offsets, v, order),
+        (weight, values),
+    )
+
+
+def test_opcheck_with_per_sample_weights():
+    weight = torch.randn(9, 4, requires_grad=True)
+    values = torch.rand(4, requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.seqlstm.embedding_bag_forward,
+        (weight, torch.tensor([0, 8, 3, 3]), torch.tensor([0, 1, 1, 4]), values, None),
+    )
+
+
+def test_opcheck_backward():
+    torch.library.opcheck(
+        torch.ops.seqlstm.embedding_bag_backward,
+        (torch.randn(3, 4), torch.tensor([0, 8, 3, 3]), torch.tensor([0, 1, 1, 4]),
+         torch.rand(4), torch.tensor([2, 0, 1]), 9, False),
+    )
+
+
+def test_compile_fullgraph_matches_eager():
+    embedding = seqlstm.SparseEmbedding(20, 5)
+    indices = torch.tensor([3, 19, 0, 7, 7])
+    offsets = torch.tensor([0, 2, 2, 5])
+    values = torch.tensor([1.0, 0.5, 2.0, -1.0, 3.0])
+    order = torch.tensor([1, 2, 0])
+
+    def loss(indices, offsets, values, order):
+        return embedding(indices, offsets, values, order).square().sum()
+
+    expected = loss(indices, offsets, values, order)
+    expected.backward()
+    expected_grad = embedding.weight.grad.clone()
+    embedding.weight.grad = None
+    compiled = torch.compile(loss, fullgraph=True)
+    actual = compiled(indices, offsets, values, order)
+    actual.backward()
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(embedding.weight.grad, expected_grad)
+
+
+def call_forward(**replace):
+    arguments = {
+        "weight": torch.randn(6, 4),
+        "indices": torch.tensor([1, 2, 5]),
+        "offsets": torch.tensor([0, 1, 3]),
+        "per_sample_weights": None,
+        "output_order": None,
+    }
+    arguments.update(replace)
+    return torch.ops.seqlstm.embedding_bag_forward(**arguments)
+
+
+def test_weight_not_2d_rejected():
+    with pytest.raises(ValueError, match="weight must have 2 dimensions, got 1"):
+        call_forward(weight=torch.randn(6))
+
+
+def test_weight_integer_dtype_rejected():
+    with pytest.raises(TypeError, match="weight must have a floating-point dtype, got Long"):
+        call_forward(weight=torch.zeros(6, 4, dtype=torch.int64))
+
+
+def test_indices_not_1d_rejected():
+    with pytest.raises(ValueError, match="indices must have 1 dimensions, got 2"):
+        call_forward(indices=torch.tensor([[1, 2, 5]]))
+
+
+def test_indices_wrong_dtype_rejected():
+    with pytest.raises(TypeError, match="indices must have dtype Long, got Int"):
+        call_forward(indices=torch.tensor([1, 2, 5], dtype=torch.int32))
+
+
+def test_offsets_not_1d_rejected():
+    with pytest.raises(ValueError, match="offsets must have 1 dimensions, got 2"):
+        call_forward(offsets=torch.tensor([[0, 1, 3]]))
+
+
+def test_offsets_empty_rejected():
+    with pytest.raises(ValueError, match="offsets must have num_samples \\+ 1 entries"):
+        call_forward(offsets=torch.zeros(0, dtype=torch.int64))
+
+
+def test_per_sample_weights_wrong_dtype_rejected():
+    with pytest.raises(TypeError, match="per_sample_weights must have the same dtype as weight"):
+        call_forward(per_sample_weights=torch.ones(3, dtype=torch.float64))
+
+
+def test_per_sample_weights_wrong_shape_rejected():
+    with pytest.raises(ValueError, match=r"per_sample_weights must have shape \(nnz,\) = \(3,\)"):
+        call_forward(per_sample_weights=torch.ones(2))
+
+
+def test_output_order_wrong_dtype_rejected():
+    with pytest.raises(TypeError, match="output_order must have dtype Long, got Int"):
+        call_forward(output_order=torch.tensor([1, 0], dtype=torch.int32))
+
+
+def test_backward_negative_num_embeddings_rejected():
+    with pytest.raises(ValueError, match="num_embeddings must be non-negative, got -1"):
+        torch.ops.seqlstm.embedding_bag_backward(
+            torch.ones(2, 4), torch.tensor([1, 2, 5]), torch.tensor([0, 1, 3]), None, None, -1,
+            False,
+        )
+
+
+def test_backward_grad_output_rows_rejected():
+    with pytest.raises(ValueError, match="grad_output must have shape .* num_samples = 2"):
+        torch.ops.seqlstm.embedding_bag_backward(
+            torch.ones(3, 4), torch.tensor([1, 2, 5]), torch.tensor([0, 1, 3]), None, None, 6,
+            False,
+        )
+
+
+def test_backward_index_out_of_range_rejected():
+    with pytest.raises(IndexError, match=r"indices\[2\] = 5 .*num_embeddings = 5"):
+        torch.ops.seqlstm.embedding_bag_backward(
+            torch.ones(2, 4), torch.tensor([1, 2, 5]), torch.tensor([0, 1, 3]), None, None, 5,
+            False,
+        )
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ((0, 4), "num_embeddings and embedding_dim must be positive, got 0 and 4"),
+    ((4, -1), "num_embeddings and embedding_dim must be positive, got 4 and -1"),
+])
+def test_sparse_embedding_bad_sizes_rejected(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        seqlstm.SparseEmbedding(*arguments)
+
+
+def test_sparse_embedding_unknown_init_rejected():
+    with pytest.raises(ValueError, match="init must be 'glorot_uniform' or 'normal', got 'zeros'"):
+        seqlstm.SparseEmbedding(4, 2, init="zeros")

@@ -354,3 +354,17 @@ def test_compile_fullgraph_matches_eager():
     actual.backward()
     assert_close_scaled(actual.detach(), expected.detach(), 1e-6, "loss")
     assert_close_scaled(data.grad, expected_grad, 1e-6, "grad_input")
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="dropout > 0 has no effect with num_layers = 1"):
+        seqlstm.LSTM(3, 4, dropout=0.5)
+
+
+def test_flatten_parameters_keeps_results():
+    reference, ours = make_pair(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    ours.flatten_parameters()
+    expected, _ = reference(x)
+    output, _ = ours(x)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)

@@ -45,6 +45,16 @@ def test_input_integer_dtype():
         call_forward(input=torch.zeros(7, 5, dtype=torch.int64))
 
 
+def test_input_half_dtype_on_cpu():
+    arguments = {
+        name: value.half() if isinstance(value, torch.Tensor) and value.is_floating_point()
+        else value
+        for name, value in forward_arguments().items()
+    }
+    with pytest.raises(TypeError, match="input must have dtype float32 or float64 on CPU, got Half"):
+        torch.ops.seqlstm.lstm_forward(**arguments)
+
+
 def test_batch_sizes_not_1d():
     with pytest.raises(ValueError, match="batch_sizes must have 1 dimensions"):
         call_forward(batch_sizes=torch.tensor([[3, 3, 1]]))

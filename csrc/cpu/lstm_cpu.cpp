@@ -9,7 +9,7 @@
 //
 // Both paths call BLAS directly where torch exports it (else ATen's GEMM), so a step costs
 // no operator dispatch; at H = 25 that overhead would exceed the arithmetic. The
-// per-step path (algorithm 1) splits the cell math of a step over threads, and the
+// per-step path (algorithm 1) splits the cell math of a step over threads. The
 // small-hidden path (algorithm 2) runs it on the calling thread, which is faster when a
 // step is too small to pay for waking the thread pool.
 #include <ATen/Dispatch.h>
@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../common/checks.h"
@@ -50,6 +51,8 @@ enum class Algorithm : int64_t { kByShape = 0, kPerStep = 1, kSmallHidden = 2 };
 
 // Row-major C (m, n) = alpha * op(A) op(B) + beta * C, with op(X) = X^T when trans_X.
 // lda, ldb and ldc are the row strides of A, B and C as stored.
+// NOTE: no standing test reaches this fallback, because torch's x86 wheels export BLAS.
+// It passed the Python LSTM tests once when forced on.
 template <typename scalar_t>
 void gemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
                const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
@@ -113,7 +116,10 @@ struct Gemm {
       }
       return;
     }
-    if (!direct) {
+    // Fortran BLAS takes 32-bit sizes; larger problems go through ATen.
+    constexpr int64_t kMaxBlasSize = std::numeric_limits<int>::max();
+    const bool fits_blas = std::max({m, n, k, lda, ldb, ldc}) <= kMaxBlasSize;
+    if (!direct || !fits_blas) {
       gemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }
@@ -144,6 +150,13 @@ void for_rows(bool parallel, int64_t rows, int64_t work_per_row, const Body& bod
 }
 
 
+// NOTE: the CPU kernels run float32 and float64 only; other floating dtypes raise
+// TypeError naming input's dtype.
+void check_cpu_dtype(const at::Tensor& input) {
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+                   "input must have dtype float32 or float64 on CPU, got ", input.scalar_type());
+}
+
 Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
   TORCH_CHECK_VALUE(algorithm >= 0 && algorithm <= 2,
                     "algorithm must be 0 (pick by shape), 1 (per-step path) or 2 (small-hidden "
@@ -152,8 +165,8 @@ Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
   if (algorithm != 0) {
     return static_cast<Algorithm>(algorithm);
   }
-  // The recurrent GEMM of one step with every row active, in multiply-adds. Below this
-  // an ATen dispatch per step costs more than the threads it could bring.
+  // The recurrent GEMM of one step with every row active, in multiply-adds. Below this,
+  // waking the thread pool for a step's cell math costs more than it saves.
   constexpr int64_t kSmallStepWork = 1 << 20;
   const int64_t step_work = sizes.batch_size * 4 * sizes.hidden_size * sizes.proj_size;
   return step_work <= kSmallStepWork ? Algorithm::kSmallHidden : Algorithm::kPerStep;
@@ -503,6 +516,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                                           weight_ih_arg, weight_hh_arg, bias_given,
                                           weight_hr_given);
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
+  check_cpu_dtype(input_arg);
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
 
   const at::Tensor input = input_arg.contiguous();
@@ -544,6 +558,7 @@ lstm_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n_
   check_lstm_backward_args(sizes, input_arg, grad_output_arg, grad_h_n_arg, grad_c_n_arg,
                            output_arg, gates_arg, cell_arg);
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
+  check_cpu_dtype(input_arg);
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
 
   const at::Tensor input = input_arg.contiguous();
