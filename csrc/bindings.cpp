@@ -36,6 +36,20 @@ TORCH_LIBRARY(seqlstm, m) {
       "Tensor? weight_hr, Tensor output, Tensor gates, Tensor cell, int algorithm=0) -> "
       "(Tensor grad_input, Tensor grad_h_0, Tensor grad_c_0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_hr)");
+  m.def(
+      "pack_order(Tensor lengths) -> (Tensor batch_sizes, Tensor sorted_indices, "
+      "Tensor unsorted_indices, Tensor packed_rows)");
+  m.def("softmax_cross_entropy(Tensor logits, Tensor labels) -> (Tensor loss, Tensor errors)");
+  m.def(
+      "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels) -> "
+      "Tensor");
+  m.def(
+      "linear_softmax_cross_entropy(Tensor input, Tensor weight, Tensor? bias, Tensor labels) "
+      "-> (Tensor loss, Tensor errors)");
+  m.def(
+      "linear_softmax_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor weight, "
+      "Tensor? bias, Tensor labels) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_bias)");
 }
 
 namespace {

@@ -15,6 +15,12 @@ from pathlib import Path
 
 logger = logging.getLogger("seqlstm")
 
+# Largest hidden_size for which a CPU run defaults to 1 thread. The LSTM's time steps
+# run one after another, and at this size one step's recurrent GEMM for a few dozen
+# sequences is about 10^5 multiply-adds. By estimate, that is where a second thread's
+# start and synchronization cost about as much as it saves.
+SINGLE_THREAD_MAX_HIDDEN_SIZE = 32
+
 
 class StderrHandler(logging.StreamHandler):
     """Log handler that writes to whatever sys.stderr is at the time of each record, so
@@ -163,9 +169,11 @@ def add_runtime_options(parser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for torch operators (default: torch's choice). The "
-        "tutorial's model is small enough that 1 thread is often fastest, and much "
-        "faster when other processes compete for the cores",
+        help="CPU threads for torch operators. Default for train: 1 on the CPU when "
+        f"--hidden-size is at most {SINGLE_THREAD_MAX_HIDDEN_SIZE} (as in the "
+        "tutorial's model), torch's choice otherwise. Such small LSTMs have too "
+        "little work per time step to gain from a second thread, and run many times "
+        "slower when other processes compete for the cores",
     )
 
 
@@ -422,12 +430,22 @@ def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=Tr
     )
 
 
-def setup_runtime(args):
-    """Apply --threads and return the torch device of --device."""
+def setup_runtime(args, hidden_size: int | None = None):
+    """Apply --threads and return the torch device of --device.
+
+    Without --threads, a CPU run of a model with hidden_size at most
+    SINGLE_THREAD_MAX_HIDDEN_SIZE uses 1 thread.
+    """
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    elif (
+        args.device == "cpu"
+        and hidden_size is not None
+        and hidden_size <= SINGLE_THREAD_MAX_HIDDEN_SIZE
+    ):
+        torch.set_num_threads(1)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested, but CUDA is not available")
     return torch.device(args.device)
@@ -460,7 +478,7 @@ def run_train(args) -> None:
     minibatches = args.minibatches
     if minibatches is None and args.sweeps is None:
         minibatches = 255
-    device = setup_runtime(args)
+    device = setup_runtime(args, args.hidden_size)
     data = args.data if args.data is not None else default_data_path()
     for path in (data, args.eval_data):
         if path is not None and not Path(path).is_file():

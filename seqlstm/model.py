@@ -108,6 +108,21 @@ class SequenceClassifier(nn.Module):
         Returns:
             (N, C) logits, in the order of `lengths`.
         """
+        return self.dense(self.last_states(indices, values, offsets, lengths))
+
+    def last_states(
+        self,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        offsets: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """Compute the LSTM output after each sequence's last sample, the input of the
+        dense layer. Arguments as in forward.
+
+        Returns:
+            (N, P) tensor, in the order of `lengths`.
+        """
         order = pack_order(lengths.cpu())
         device = indices.device
         embedded = self.embedding(
@@ -120,4 +135,4 @@ class SequenceClassifier(nn.Module):
             order.unsorted_indices.to(device),
         )
         _, (h_n, _) = self.lstm(packed)  # h_n: (1, N, P)
-        return self.dense(h_n[-1])
+        return h_n[-1]

@@ -9,6 +9,11 @@ from typing import NamedTuple
 
 import torch
 
+from seqlstm import ops  # noqa: F401  (loads the extension that defines the operators)
+
+# The operator's only overload, called directly to skip the overload lookup per call.
+_pack_order = torch.ops.seqlstm.pack_order.default
+
 
 class PackOrder(NamedTuple):
     """Packed layout of a batch of sequences and the packed row of each sample.
@@ -72,21 +77,27 @@ def pack_order(lengths: torch.Tensor) -> PackOrder:
     Raises:
         TypeError, ValueError: as check_lengths.
     """
-    check_lengths(lengths)
-    num_sequences = lengths.numel()
-    sorted_lengths, sorted_indices = torch.sort(lengths, descending=True, stable=True)
-    unsorted_indices = torch.empty_like(sorted_indices)
-    unsorted_indices[sorted_indices] = torch.arange(num_sequences)
+    # The attribute checks stay here for their messages; the operator checks the values.
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64:
+        got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise TypeError(f"lengths must be an int64 tensor, got {got}")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have 1 dimension, got shape {tuple(lengths.shape)}")
+    if lengths.device.type != "cpu":
+        raise ValueError(f"lengths must be on the CPU, got {lengths.device}")
+    return PackOrder(*_pack_order(lengths))
 
-    max_length = int(sorted_lengths[0])
-    # batch_sizes[t] counts the sequences longer than t.
-    ends = torch.bincount(lengths, minlength=max_length + 1)
-    batch_sizes = num_sequences - torch.cumsum(ends, 0)[:max_length]
-    step_offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
 
-    total = int(lengths.sum())
-    sequence = torch.repeat_interleave(torch.arange(num_sequences), lengths)
-    sequence_start = torch.cumsum(lengths, 0) - lengths
-    step = torch.arange(total) - sequence_start[sequence]
-    packed_rows = step_offsets[step] + unsorted_indices[sequence]
-    return PackOrder(batch_sizes, sorted_indices, unsorted_indices, packed_rows)
+@torch.library.register_fake("seqlstm::pack_order")
+def _pack_order_fake(lengths):
+    # The number of steps and of samples depend on the values of lengths.
+    ctx = torch.library.get_ctx()
+    num_steps = ctx.new_dynamic_size()
+    total = ctx.new_dynamic_size()
+    num_sequences = lengths.shape[0]
+    return (
+        lengths.new_empty((num_steps,)),
+        lengths.new_empty((num_sequences,)),
+        lengths.new_empty((num_sequences,)),
+        lengths.new_empty((total,)),
+    )

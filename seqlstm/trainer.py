@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlstm import distributed
+from seqlstm import ops  # noqa: F401  (loads the extension that defines the operators)
 from seqlstm.checkpoint import load_checkpoint, save_checkpoint
 from seqlstm.learner import CNTKSGD, Schedule, describe_value
 from seqlstm.metrics_log import MetricsLog, TensorBoardLog
@@ -92,10 +93,52 @@ def loss_and_errors(logits: torch.Tensor, labels: torch.Tensor):
     """
     # NOTE: a label row that is not one-hot counts as its argmax class, where CNTK
     # would compute logsumexp(z) - sum_k y_k z_k with the row as it is.
+    if logits.device.type == "cpu":
+        # One fused operator in place of the torch operators below, whose per-call
+        # overhead outweighs their arithmetic at a few dozen rows.
+        return _softmax_cross_entropy(logits, labels)
     classes = labels.argmax(dim=1)
     loss = F.cross_entropy(logits, classes, reduction="sum")
     errors = (logits.detach().argmax(dim=1) != classes).sum()
     return loss, errors
+
+
+def model_loss_and_errors(model, batch: Batch):
+    """Run `model` (a SequenceClassifier) on `batch` and return loss_and_errors of its
+    logits, computed together with the dense layer where a fused operator exists."""
+    states = model.last_states(batch.indices, batch.values, batch.offsets, batch.lengths)
+    if states.device.type == "cpu":
+        # The dense layer's GEMMs and autograd nodes cost more than their arithmetic
+        # at a few dozen rows, so one operator computes logits, loss and errors.
+        return _linear_softmax_cross_entropy(
+            states, model.dense.weight, model.dense.bias, batch.labels
+        )
+    return loss_and_errors(model.dense(states), batch.labels)
+
+
+_softmax_cross_entropy = torch.ops.seqlstm.softmax_cross_entropy.default
+_linear_softmax_cross_entropy = torch.ops.seqlstm.linear_softmax_cross_entropy.default
+
+
+@torch.library.register_fake("seqlstm::softmax_cross_entropy")
+def _softmax_cross_entropy_fake(logits, labels):
+    return logits.new_empty(()), logits.new_empty((), dtype=torch.int64)
+
+
+@torch.library.register_fake("seqlstm::softmax_cross_entropy_backward")
+def _softmax_cross_entropy_backward_fake(grad_loss, logits, labels):
+    return logits.new_empty(logits.shape)
+
+
+@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy")
+def _linear_softmax_cross_entropy_fake(input, weight, bias, labels):
+    return input.new_empty(()), input.new_empty((), dtype=torch.int64)
+
+
+@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy_backward")
+def _linear_softmax_cross_entropy_backward_fake(grad_loss, input, weight, bias, labels):
+    grad_bias = input.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)
+    return input.new_empty(input.shape), weight.new_empty(weight.shape), grad_bias
 
 
 @dataclass
@@ -112,7 +155,7 @@ class Trainer:
     """Trains a SequenceClassifier on minibatches from a CTFReader.
 
     Args:
-        model: the classifier; its parameters with requires_grad are trained.
+        model: a SequenceClassifier; its parameters with requires_grad are trained.
         reader: a CTFReader with streams named "features" (sparse) and "labels" (dense).
         lr: learning-rate schedule.
         momentum: momentum schedule (constant 0 is CNTK's plain sgd).
@@ -203,15 +246,22 @@ class Trainer:
         Raises:
             TrainingError: the loss is NaN or infinite; nothing was updated.
         """
-        self.optimizer.zero_grad(set_to_none=True)
+        # What optimizer.zero_grad(set_to_none=True) does, without its profiler record.
+        for param in self.trained_parameters:
+            param.grad = None
         loss_sum, error_sum, sequences = 0.0, 0.0, 0
         with distributed.collective_failure(f"minibatch {self.state.minibatches + 1}"):
             if minibatch.num_sequences > 0:
                 batch = make_batch(minibatch, self.device)
-                logits = self.network(
-                    batch.indices, batch.values, batch.offsets, batch.lengths
-                )
-                loss, errors = loss_and_errors(logits, batch.labels)
+                if self.world_size > 1:
+                    # DistributedDataParallel reduces gradients only for a backward that
+                    # follows its own forward, so the fused loss operator is not used here.
+                    logits = self.network(
+                        batch.indices, batch.values, batch.offsets, batch.lengths
+                    )
+                    loss, errors = loss_and_errors(logits, batch.labels)
+                else:
+                    loss, errors = model_loss_and_errors(self.model, batch)
                 loss.backward()
                 loss_sum, error_sum, sequences = (
                     loss.item(),
@@ -378,8 +428,7 @@ def evaluate(model, reader, minibatch_size: int = 200, device="cpu"):
             if minibatch.num_sequences == 0:
                 continue
             batch = make_batch(minibatch, device)
-            logits = model(batch.indices, batch.values, batch.offsets, batch.lengths)
-            loss, errors = loss_and_errors(logits, batch.labels)
+            loss, errors = model_loss_and_errors(model, batch)
             loss_sum += loss.item()
             error_sum += errors.item()
             sequences += batch.num_sequences

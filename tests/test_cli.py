@@ -147,3 +147,38 @@ def test_module_entry_point_bad_option():
         "seqlstm: error: unrecognized arguments: --no-such-flag"
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "argv, hidden_size, expected",
+    [
+        (["train"], 25, 1),
+        (["train"], cli.SINGLE_THREAD_MAX_HIDDEN_SIZE, 1),
+        (["train", "--threads", "2"], 25, 2),
+    ],
+)
+def test_threads_default_by_hidden_size(restore_threads, argv, hidden_size, expected):
+    import torch
+
+    torch.set_num_threads(2)
+    args = cli.build_parser().parse_args(argv)
+    cli.setup_runtime(args, hidden_size)
+    assert torch.get_num_threads() == expected
+
+
+def test_threads_default_large_model(restore_threads):
+    import torch
+
+    torch.set_num_threads(2)
+    args = cli.build_parser().parse_args(["train"])
+    cli.setup_runtime(args, cli.SINGLE_THREAD_MAX_HIDDEN_SIZE + 1)
+    assert torch.get_num_threads() == 2

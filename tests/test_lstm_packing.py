@@ -83,3 +83,25 @@ def test_pack_order_not_a_tensor():
 def test_pack_order_not_1d():
     with pytest.raises(ValueError, match=r"lengths must have 1 dimension, got shape \(1, 2\)"):
         pack_order(torch.tensor([[1, 2]]))
+
+
+def test_pack_order_operator_opcheck():
+    lengths = torch.tensor([3, 1, 4, 1, 5])
+    torch.library.opcheck(
+        torch.ops.seqlstm.pack_order, (lengths,), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_pack_order_operator_length_zero_names_position():
+    with pytest.raises(ValueError, match=r"lengths\[2\] must be at least 1, got 0"):
+        torch.ops.seqlstm.pack_order(torch.tensor([3, 1, 0]))
+
+
+def test_pack_order_operator_wrong_dtype():
+    with pytest.raises(TypeError, match="lengths must have dtype Long, got Int"):
+        torch.ops.seqlstm.pack_order(torch.tensor([1, 2], dtype=torch.int32))
+
+
+def test_pack_order_operator_not_1d():
+    with pytest.raises(ValueError, match="lengths must have 1 dimensions, got 2"):
+        torch.ops.seqlstm.pack_order(torch.tensor([[1, 2]]))

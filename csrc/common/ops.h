@@ -6,6 +6,7 @@
 #include <optional>
 
 #include <cstdint>
+#include <tuple>
 
 namespace seqlstm {
 
@@ -99,5 +100,40 @@ lstm_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                    const std::optional<at::Tensor>& weight_hr, const at::Tensor& output,
                    const at::Tensor& gates, const at::Tensor& cell, int64_t algorithm);
+
+}  // namespace seqlstm
+
+namespace seqlstm {
+
+// Packed layout of sequences with the given int64 CPU lengths (N,), each >= 1:
+// (batch_sizes (L,), sorted_indices (N,), unsorted_indices (N,), packed_rows (total,)),
+// all int64 on the CPU. Sequences sort by descending length, stable for equal lengths,
+// and packed_rows[i] is the packed row of sample i in sequence-major order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
+    const at::Tensor& lengths);
+
+// Softmax cross-entropy summed over the rows of logits (N, C), and the number of rows
+// whose first argmax of logits differs from their class. The class of row n is the
+// first argmax of labels[n]. Returns (loss, errors), 0-d tensors of logits' dtype and
+// of int64.
+std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_cpu(const at::Tensor& logits,
+                                                             const at::Tensor& labels);
+
+// Gradient of softmax_cross_entropy's loss with respect to logits, given the 0-d
+// gradient of the loss: (N, C).
+at::Tensor softmax_cross_entropy_backward_cpu(const at::Tensor& grad_loss,
+                                              const at::Tensor& logits, const at::Tensor& labels);
+
+// softmax_cross_entropy of the logits input @ weight^T + bias, with input (N, in_features),
+// weight (C, in_features) and bias (C,) or none, as torch.nn.Linear has them.
+std::tuple<at::Tensor, at::Tensor> linear_softmax_cross_entropy_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& labels);
+
+// Gradients of linear_softmax_cross_entropy's loss, given the 0-d gradient of the loss:
+// (grad_input, grad_weight, grad_bias), grad_bias of shape (0,) without bias.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_softmax_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& labels);
 
 }  // namespace seqlstm

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../common/checks.h"
 #include "../common/ops.h"
 
@@ -67,7 +69,8 @@ at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight_arg, const at::Ten
 
   const int64_t num_samples = offsets.size(0) - 1;
   const int64_t embedding_dim = weight.size(1);
-  at::Tensor output = at::zeros({num_samples, embedding_dim}, weight.options());
+  // Every row is written below (output_order is a permutation), so no zero fill.
+  at::Tensor output = at::empty({num_samples, embedding_dim}, weight.options());
 
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "embedding_bag_forward_cpu", [&] {
     const scalar_t* table = weight.const_data_ptr<scalar_t>();
@@ -83,6 +86,7 @@ at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight_arg, const at::Ten
     at::parallel_for(0, num_samples, 256, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         scalar_t* row = out + (order ? order[s] : s) * embedding_dim;
+        std::fill(row, row + embedding_dim, scalar_t(0));
         for (int64_t k = offset[s]; k < offset[s + 1]; ++k) {
           const scalar_t w = scale ? scale[k] : scalar_t(1);
           const scalar_t* source = table + index[k] * embedding_dim;
