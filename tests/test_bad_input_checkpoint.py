@@ -1,0 +1,106 @@
+"""Corrupt, incomplete and mismatched model and checkpoint files."""
+
+import pytest
+import torch
+
+from seqlstm import cli
+from seqlstm.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    MODEL_FORMAT,
+    load_checkpoint,
+    load_model,
+    save_model,
+)
+from seqlstm.model import SequenceClassifier
+
+SMALL = {
+    "input_dim": 20,
+    "num_classes": 3,
+    "embedding_dim": 4,
+    "hidden_size": 3,
+    "proj_size": 0,
+}
+
+
+def write_model_file(path, **fields):
+    torch.save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, **fields}, path)
+
+
+def test_load_model_without_config(tmp_path):
+    path = tmp_path / "model.pt"
+    write_model_file(path, state_dict={})
+    with pytest.raises(ValueError, match=r"model\.pt: .*lacks \['config'\]"):
+        load_model(path)
+
+
+def test_load_model_unknown_config_key(tmp_path):
+    path = tmp_path / "model.pt"
+    write_model_file(path, config={**SMALL, "layers": 2}, state_dict={})
+    with pytest.raises(ValueError, match=r"model\.pt: invalid model config .*layers"):
+        load_model(path)
+
+
+def test_load_model_config_not_dict(tmp_path):
+    path = tmp_path / "model.pt"
+    write_model_file(path, config=[1, 2], state_dict={})
+    with pytest.raises(ValueError, match=r"model\.pt: config must be a dict, got list"):
+        load_model(path)
+
+
+def test_load_model_weights_of_other_shape(tmp_path):
+    path = tmp_path / "model.pt"
+    save_model(SequenceClassifier(**SMALL), path)
+    data = torch.load(path, weights_only=True)
+    data["config"] = {**SMALL, "embedding_dim": 5}
+    torch.save(data, path)
+    with pytest.raises(ValueError, match=r"model\.pt: the weights do not fit .*size"):
+        load_model(path)
+
+
+def test_load_checkpoint_without_keys(tmp_path):
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": {}},
+        tmp_path / CHECKPOINT_NAME,
+    )
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: .*lacks \['model'"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_config_not_dict(tmp_path):
+    fields = dict.fromkeys(
+        ("model", "optimizer", "reader", "rng", "progress", "train_state"), {}
+    )
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": 3, **fields},
+        tmp_path / CHECKPOINT_NAME,
+    )
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: config must be a dict"):
+        load_checkpoint(tmp_path)
+
+
+def test_eval_incomplete_model_one_line(tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    write_model_file(path, config=SMALL)
+    status = cli.main(["eval", "--model", str(path), "--input-dim", "20"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1
+    assert f"{path}: the {MODEL_FORMAT} file is incomplete" in err
+
+
+def test_resume_incomplete_checkpoint_one_line(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION},
+        folder / CHECKPOINT_NAME,
+    )
+    status = cli.main(
+        ["train", "--minibatches", "1", "--resume", "--checkpoint-dir", str(folder)]
+    )
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err
+    assert "checkpoint.pt: the seqlstm-checkpoint file is incomplete" in err
