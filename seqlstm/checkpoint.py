@@ -68,7 +68,7 @@ def _load(path: Path, expected_format: str, keys: tuple[str, ...]) -> dict:
     missing = [key for key in keys if key not in data]
     if missing:
         raise ValueError(
-            f"{path}: the {expected_format} file is incomplete, it lacks {missing}"
+            f"{path}: the {expected_format} file is missing the keys {missing}"
         )
     return data
 
@@ -84,7 +84,7 @@ def load_checkpoint(folder) -> dict:
 
     Raises:
         FileNotFoundError: there is no checkpoint in `folder`.
-        ValueError: the file is not a seqlstm checkpoint of this version, or it lacks
+        ValueError: the file is not a seqlstm checkpoint of this version, or it misses
             one of CHECKPOINT_KEYS.
     """
     path = Path(folder) / CHECKPOINT_NAME

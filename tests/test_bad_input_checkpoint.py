@@ -31,7 +31,7 @@ def write_model_file(path, **fields):
 def test_load_model_without_config(tmp_path):
     path = tmp_path / "model.pt"
     write_model_file(path, state_dict={})
-    with pytest.raises(ValueError, match=r"model\.pt: .*lacks \['config'\]"):
+    with pytest.raises(ValueError, match=r"model\.pt: .*missing the keys \['config'\]"):
         load_model(path)
 
 
@@ -64,7 +64,7 @@ def test_load_checkpoint_without_keys(tmp_path):
         {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": {}},
         tmp_path / CHECKPOINT_NAME,
     )
-    with pytest.raises(ValueError, match=r"checkpoint\.pt: .*lacks \['model'"):
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: .*missing the keys \['model'"):
         load_checkpoint(tmp_path)
 
 
@@ -87,7 +87,7 @@ def test_eval_incomplete_model_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1
-    assert f"{path}: the {MODEL_FORMAT} file is incomplete" in err
+    assert f"{path}: the {MODEL_FORMAT} file is missing the keys" in err
 
 
 def test_resume_incomplete_checkpoint_one_line(tmp_path, capsys):
@@ -103,4 +103,4 @@ def test_resume_incomplete_checkpoint_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 1
     assert "Traceback" not in err
-    assert "checkpoint.pt: the seqlstm-checkpoint file is incomplete" in err
+    assert "checkpoint.pt: the seqlstm-checkpoint file is missing the keys" in err
