@@ -214,7 +214,7 @@ class CTFReader:
         self.worker_rank = int(worker_rank)
         self.num_workers = int(num_workers)
 
-        # The descriptor stays open so that fstat sees the mapped file even after it is
+        # The descriptor stays open so that fstat reads the status of the mapped file even after it is
         # removed or renamed, and _check_unchanged compares against this snapshot.
         self._descriptor = open(self.path, "rb")
         self._opened_stat = _file_identity(os.fstat(self._descriptor.fileno()))
