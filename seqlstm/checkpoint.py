@@ -17,7 +17,15 @@ CHECKPOINT_FORMAT = "seqlstm-checkpoint"
 MODEL_FORMAT = "seqlstm-model"
 FORMAT_VERSION = 1
 # The keys that Trainer.save_checkpoint writes and Trainer.resume reads.
-CHECKPOINT_KEYS = ("config", "model", "optimizer", "reader", "rng", "progress", "train_state")
+CHECKPOINT_KEYS = (
+    "config",
+    "model",
+    "optimizer",
+    "reader",
+    "rng",
+    "progress",
+    "train_state",
+)
 
 
 def save_atomic(obj, path) -> Path:

@@ -75,7 +75,9 @@ def thread_count(text: str) -> int:
     """Parse --threads: a positive integer up to the number of CPUs this process may
     use, because OpenMP fails or crashes when asked for far more threads than that."""
     value = positive_int(text)
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    available = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    )
     available = available or os.cpu_count() or 1
     if value > available:
         raise argparse.ArgumentTypeError(

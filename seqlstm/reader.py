@@ -214,8 +214,8 @@ class CTFReader:
         self.worker_rank = int(worker_rank)
         self.num_workers = int(num_workers)
 
-        # The descriptor stays open so that fstat reads the status of the mapped file even after it is
-        # removed or renamed, and _check_unchanged compares against this snapshot.
+        # The descriptor stays open so that fstat reads the status of the mapped file
+        # even after it is removed or renamed. _check_unchanged compares against it.
         self._descriptor = open(self.path, "rb")
         self._opened_stat = _file_identity(os.fstat(self._descriptor.fileno()))
         self._file = open_ctf(self.path)

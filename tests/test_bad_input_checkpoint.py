@@ -64,7 +64,9 @@ def test_load_checkpoint_without_keys(tmp_path):
         {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": {}},
         tmp_path / CHECKPOINT_NAME,
     )
-    with pytest.raises(ValueError, match=r"checkpoint\.pt: .*missing the keys \['model'"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint\.pt: .*missing the keys \['model'"
+    ):
         load_checkpoint(tmp_path)
 
 

@@ -10,7 +10,9 @@ from seqlstm.metrics_log import read_metrics_log
 
 def test_metrics_log_not_utf8(tmp_path):
     path = tmp_path / "log.jsonl"
-    path.write_bytes(b'{"minibatch": 1, "samples": 2, "loss": 1, "metric": 0}\n\xff\xfe\n')
+    path.write_bytes(
+        b'{"minibatch": 1, "samples": 2, "loss": 1, "metric": 0}\n\xff\xfe\n'
+    )
     with pytest.raises(ValueError, match=r"log\.jsonl:2: not UTF-8"):
         read_metrics_log(path)
 
