@@ -257,6 +257,10 @@ class CTFReader:
         than num_samples comes alone. A minibatch can hold the end of one sweep and the
         start of the next, as in CNTK.
 
+        NOTE: num_samples is not capped, so a value far above sweep_num_samples builds
+        a minibatch of that many sweeps, taking time and memory in proportion, and a
+        value near 2**63 with max_sweeps None does not return.
+
         Args:
             num_samples: the maximum number of samples (lines) of the global minibatch.
 
