@@ -106,3 +106,24 @@ def test_resume_incomplete_checkpoint_one_line(tmp_path, capsys):
     assert status == 1
     assert "Traceback" not in err
     assert "checkpoint.pt: the seqlstm-checkpoint file is missing the keys" in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Trainer.resume builds TrainState(**train_state) without checking its keys",
+)
+def test_resume_unknown_train_state_key(tmp_path, capsys):
+    data = tmp_path / "good.ctf"
+    data.write_text("0\t|x 3:1\t|y 1 0 0 0 0\n1\t|x 5:1\t|y 0 1 0 0 0\n")
+    folder = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--minibatches", "1"]
+    assert cli.main([*argv, "--checkpoint-dir", str(folder)]) == 0
+    checkpoint = torch.load(folder / CHECKPOINT_NAME, weights_only=True)
+    checkpoint["train_state"]["epochs"] = 3
+    torch.save(checkpoint, folder / CHECKPOINT_NAME)
+    capsys.readouterr()
+    argv = [*argv, "--minibatches", "2", "--resume", "--checkpoint-dir", str(folder)]
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "checkpoint.pt" in err
