@@ -16,6 +16,16 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "seqlstm-checkpoint"
 MODEL_FORMAT = "seqlstm-model"
 FORMAT_VERSION = 1
+# The keys that Trainer.save_checkpoint writes and Trainer.resume reads.
+CHECKPOINT_KEYS = (
+    "config",
+    "model",
+    "optimizer",
+    "reader",
+    "rng",
+    "progress",
+    "train_state",
+)
 
 
 def save_atomic(obj, path) -> Path:
@@ -45,7 +55,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _load(path: Path, expected_format: str) -> dict:
+def _load(path: Path, expected_format: str, keys: tuple[str, ...]) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
@@ -63,6 +73,11 @@ def _load(path: Path, expected_format: str) -> dict:
             f"{path}: {expected_format} version {data.get('version')} is not supported, "
             f"expected {FORMAT_VERSION}"
         )
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ValueError(
+            f"{path}: the {expected_format} file is missing the keys {missing}"
+        )
     return data
 
 
@@ -77,9 +92,17 @@ def load_checkpoint(folder) -> dict:
 
     Raises:
         FileNotFoundError: there is no checkpoint in `folder`.
-        ValueError: the file is not a seqlstm checkpoint of this version.
+        ValueError: the file is not a seqlstm checkpoint of this version, or it misses
+            one of CHECKPOINT_KEYS.
     """
-    return _load(Path(folder) / CHECKPOINT_NAME, CHECKPOINT_FORMAT)
+    path = Path(folder) / CHECKPOINT_NAME
+    data = _load(path, CHECKPOINT_FORMAT, CHECKPOINT_KEYS)
+    for key in ("config", "train_state"):
+        if not isinstance(data[key], dict):
+            raise ValueError(
+                f"{path}: {key} must be a dict, got {type(data[key]).__name__}"
+            )
+    return data
 
 
 def save_model(model, path) -> Path:
@@ -98,11 +121,26 @@ def load_model(path, device="cpu"):
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the file is not a seqlstm model of this version.
+        ValueError: the file is not a seqlstm model of this version, or its
+            configuration or weights do not form a SequenceClassifier.
     """
     from seqlstm.model import SequenceClassifier
 
-    data = _load(Path(path), MODEL_FORMAT)
-    model = SequenceClassifier(**data["config"], device=device)
-    model.load_state_dict(data["state_dict"])
+    data = _load(Path(path), MODEL_FORMAT, ("config", "state_dict"))
+    config = data["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config must be a dict, got {type(config).__name__}")
+    try:
+        model = SequenceClassifier(**config, device=device)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: invalid model config {config}: {error}") from None
+    try:
+        model.load_state_dict(data["state_dict"])
+    except (TypeError, RuntimeError) as error:
+        # load_state_dict lists every mismatch on its own lines; keep the first one.
+        details = str(error).splitlines()
+        reason = details[1].strip() if len(details) > 1 else str(error)
+        raise ValueError(
+            f"{path}: the weights do not fit the model config {config}: {reason}"
+        ) from None
     return model

@@ -8,6 +8,7 @@ one line to stderr and exits with status 1.
 
 import argparse
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from importlib import resources
@@ -96,6 +97,33 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """Parse --threads: a positive integer up to the number of CPUs this process may
+    use, because OpenMP fails or crashes when asked for far more threads than that."""
+    value = positive_int(text)
+    available = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    )
+    available = available or os.cpu_count() or 1
+    if value > available:
+        raise argparse.ArgumentTypeError(
+            f"must be at most the {available} CPUs available, got {text}"
+        )
+    return value
+
+
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed accepts
+
+
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to 2**64 - 1, got {text}"
+        )
+    return value
+
+
 def add_data_options(parser, randomized: bool) -> None:
     """Add the options that describe the CTF file and its streams."""
     group = parser.add_argument_group("data")
@@ -166,10 +194,10 @@ def add_runtime_options(parser) -> None:
     )
     group.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
-        help="CPU threads for torch operators. Default for train: 1 on the CPU when "
+        help="CPU threads for torch operators, at most the CPUs available. Default for train: 1 on the CPU when "
         f"--hidden-size is at most {SINGLE_THREAD_MAX_HIDDEN_SIZE} (as in the "
         "tutorial's model), torch's choice otherwise. Such small LSTMs have too "
         "little work per time step to gain from a second thread, and run many times "
@@ -343,7 +371,7 @@ def _add_training_options(parser) -> None:
     )
     group.add_argument(
         "--seed",
-        type=int,
+        type=seed_value,
         default=0,
         help="seed of the weight initialisation and of the reader's randomization "
         "(default: 0)",
@@ -430,6 +458,34 @@ def make_reader(args, path, randomize: bool, max_sweeps, seed: int = 0, shard=Tr
     )
 
 
+def check_output_paths(args) -> None:
+    """Reject output paths that could not be written, before training spends time on a
+    result that would then be lost."""
+    for option, path, is_folder in (
+        ("--save", args.save, False),
+        ("--metrics-log", args.metrics_log, False),
+        ("--checkpoint-dir", args.checkpoint_dir, True),
+        ("--tensorboard", args.tensorboard, True),
+    ):
+        if path is None:
+            continue
+        path = Path(path)
+        if is_folder and path.exists() and not path.is_dir():
+            raise UsageError(f"{option} {path}: exists and is not a folder")
+        if not is_folder and path.is_dir():
+            raise UsageError(f"{option} {path}: is a folder, expected a file path")
+        # The folders that are missing are created on writing, so the nearest
+        # existing one must be a writable folder.
+        existing = path if is_folder else path.parent
+        existing = existing.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"{option} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: cannot write in {existing}")
+
+
 def setup_runtime(args, hidden_size: int | None = None):
     """Apply --threads and return the torch device of --device.
 
@@ -478,6 +534,7 @@ def run_train(args) -> None:
     minibatches = args.minibatches
     if minibatches is None and args.sweeps is None:
         minibatches = 255
+    check_output_paths(args)
     device = setup_runtime(args, args.hidden_size)
     data = args.data if args.data is not None else default_data_path()
     for path in (data, args.eval_data):
@@ -498,7 +555,14 @@ def run_train(args) -> None:
         "hidden_size": args.hidden_size,
         "proj_size": args.proj_size,
     }
-    model = SequenceClassifier(**model_config, init=args.init, device=device)
+    try:
+        model = SequenceClassifier(**model_config, init=args.init, device=device)
+    except RuntimeError as error:
+        # Allocation failures of a model too large for the memory land here.
+        raise UsageError(
+            f"cannot build the model {model_config}: {error}; lower --input-dim, "
+            f"--embedding-dim or --hidden-size"
+        ) from None
     reader = make_reader(
         args,
         data,

@@ -85,6 +85,8 @@ def check_streams(streams) -> dict[str, StreamSpec]:
             )
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"streams[{name!r}].dim must be an int >= 1, got {dim!r}")
+        if not isinstance(sparse, (bool, np.bool_)):
+            raise TypeError(f"streams[{name!r}].sparse must be a bool, got {sparse!r}")
         aliases[alias] = name
         checked[name] = StreamSpec(alias, int(dim), bool(sparse))
     return checked

@@ -63,6 +63,8 @@ class Schedule:
                 ) from None
             if not math.isfinite(value):
                 raise ValueError(f"invalid schedule {text!r}: {part!r} is not finite")
+            if value < 0:
+                raise ValueError(f"invalid schedule {text!r}: {part!r} is negative")
             values.append((count, value))
         return cls(tuple(values), epoch_size)
 

@@ -47,8 +47,15 @@ def read_metrics_log(path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     records = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with open(path, "rb") as file:
+        for number, raw_line in enumerate(file, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}:{number}: not UTF-8 text ({error.reason} at byte "
+                    f"{error.start}), so not a metrics log"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -63,6 +70,12 @@ def read_metrics_log(path) -> list[dict]:
                     f"{path}:{number}: a metrics record needs minibatch, samples, loss "
                     f"and metric, got {line.strip()[:80]}"
                 )
+            for key in sorted(required):
+                value = record[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(
+                        f"{path}:{number}: {key} must be a number, got {value!r}"
+                    )
             records.append(record)
     return records
 

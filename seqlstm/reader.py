@@ -214,6 +214,10 @@ class CTFReader:
         self.worker_rank = int(worker_rank)
         self.num_workers = int(num_workers)
 
+        # The descriptor stays open so that fstat reads the status of the mapped file
+        # even after it is removed or renamed. _check_unchanged compares against it.
+        self._descriptor = open(self.path, "rb")
+        self._opened_stat = _file_identity(os.fstat(self._descriptor.fileno()))
         self._file = open_ctf(self.path)
         index = self._file.index(self.chunk_size)
         self._has_ids = bool(index["has_ids"])
@@ -253,6 +257,10 @@ class CTFReader:
         than num_samples comes alone. A minibatch can hold the end of one sweep and the
         start of the next, as in CNTK.
 
+        NOTE: num_samples is not capped, so a value far above sweep_num_samples builds
+        a minibatch of that many sweeps, taking time and memory in proportion, and a
+        value near 2**63 with max_sweeps None does not return.
+
         Args:
             num_samples: the maximum number of samples (lines) of the global minibatch.
 
@@ -266,6 +274,7 @@ class CTFReader:
         _check_int("num_samples", num_samples, minimum=1)
         if self._finished():
             return None
+        self._check_unchanged()
 
         first_sweep, first_position = self._sweep, self._position
         end_of_sweep = False
@@ -393,6 +402,21 @@ class CTFReader:
         self._position = int(position)
         self._skipped_lines = {int(line) for line in skipped_lines}
         self._reported_skips = len(self._skipped_lines)
+
+    def _check_unchanged(self) -> None:
+        """Raise OSError if the file was truncated or rewritten since it was opened,
+        because the index no longer matches it and reading it could crash.
+
+        NOTE: a change during a parse is not detected, and a truncation then ends the
+        process with SIGBUS. Keep the file unchanged while a reader is open.
+        """
+        now = _file_identity(os.fstat(self._descriptor.fileno()))
+        if now != self._opened_stat:
+            raise OSError(
+                f"{self.path}: the file changed after it was opened (size "
+                f"{self._opened_stat[0]} -> {now[0]} bytes); create a new reader "
+                f"to read the new contents"
+            )
 
     # Sweep order --------------------------------------------------------------------
     # Sweep k visits the chunks in the order permutation(seed, k), cut into windows
@@ -571,6 +595,10 @@ class MinibatchDataset(torch.utils.data.IterableDataset):
             )
         while (minibatch := self.reader.next_minibatch(self.num_samples)) is not None:
             yield minibatch
+
+
+def _file_identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_size, status.st_mtime_ns
 
 
 def _check_int(name: str, value, minimum: int) -> None:
