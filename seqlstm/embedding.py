@@ -19,9 +19,21 @@ class SparseEmbedding(nn.Module):
             fan_out))) or "normal" (torch.nn.Embedding's N(0, 1)).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, init: str = "normal",
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        init: str = "normal",
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
+        for name, value in (
+            ("num_embeddings", num_embeddings),
+            ("embedding_dim", embedding_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(
                 "num_embeddings and embedding_dim must be positive, got "

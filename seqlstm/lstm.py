@@ -59,15 +59,28 @@ class LSTM(nn.Module):
     ):
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size <= 0:
-            raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
+            raise ValueError(
+                f"hidden_size must be a positive integer, got {hidden_size!r}"
+            )
         if not isinstance(input_size, int) or input_size <= 0:
-            raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+            raise ValueError(
+                f"input_size must be a positive integer, got {input_size!r}"
+            )
         if not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-        if isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(
+                f"num_layers must be a positive integer, got {num_layers!r}"
+            )
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise TypeError(f"dropout must be a number, got {type(dropout).__name__}")
+        if not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+            raise ValueError(
+                f"proj_size must be a non-negative integer, got {proj_size!r}"
+            )
         if proj_size > hidden_size:
             raise ValueError(
                 f"proj_size must be at most hidden_size ({hidden_size}), got {proj_size}"
@@ -94,7 +107,9 @@ class LSTM(nn.Module):
         self._flat_weights_names = []
         for layer in range(num_layers):
             for direction in range(num_directions):
-                layer_input_size = input_size if layer == 0 else output_size * num_directions
+                layer_input_size = (
+                    input_size if layer == 0 else output_size * num_directions
+                )
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 shapes = {
                     "weight_ih": (4 * hidden_size, layer_input_size),
@@ -196,8 +211,15 @@ class LSTM(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths must be None for PackedSequence input")
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            if batch_sizes.numel() == 0:
+                raise ValueError(
+                    "batch_sizes of the PackedSequence must have at least one step, got "
+                    "an empty tensor"
+                )
             batch_size = (
-                sorted_indices.shape[0] if sorted_indices is not None else int(batch_sizes[0])
+                sorted_indices.shape[0]
+                if sorted_indices is not None
+                else int(batch_sizes[0])
             )
         else:
             if input.dim() not in (2, 3):
@@ -230,8 +252,8 @@ class LSTM(nn.Module):
                         f"lengths must have one entry per sequence ({batch_size}), got "
                         f"{lengths.shape[0]}"
                     )
-                batch_sizes, sorted_indices, unsorted_indices, source_rows = _padded_layout(
-                    lengths, num_steps
+                batch_sizes, sorted_indices, unsorted_indices, source_rows = (
+                    _padded_layout(lengths, num_steps)
                 )
                 device = padded.device
                 source_rows = source_rows.to(device)
@@ -253,7 +275,9 @@ class LSTM(nn.Module):
             c_n = c_n.index_select(1, unsorted_indices)
 
         if packed_input:
-            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            output = PackedSequence(
+                output, batch_sizes, sorted_indices, unsorted_indices
+            )
         elif sorted_indices is None:
             output = output.view(num_steps, batch_size, output.shape[1])
         else:
@@ -276,6 +300,10 @@ class LSTM(nn.Module):
         c_shape = (self.num_layers * num_directions, batch_size, self.hidden_size)
         if hx is None:
             return data.new_zeros(h_shape), data.new_zeros(c_shape)
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(
+                f"hx must be a pair (h_0, c_0) of tensors, got {type(hx).__name__}"
+            )
         h_0, c_0 = hx
         if unbatched:
             h_0 = h_0.unsqueeze(1)
@@ -305,7 +333,9 @@ class LSTM(nn.Module):
                     None if name is None else getattr(self, name) for name in names
                 )
                 bias = None if bias_ih is None else bias_ih + bias_hh
-                direction_input = layer_input if direction == 0 else layer_input[reverse_rows]
+                direction_input = (
+                    layer_input if direction == 0 else layer_input[reverse_rows]
+                )
                 output, h, c, _, _ = _lstm_forward(
                     direction_input,
                     batch_sizes,
@@ -361,5 +391,7 @@ def _reverse_rows(batch_sizes):
     position = torch.arange(total) - offsets[step]
     # The length of the sequence at position n is the number of steps with
     # batch_sizes[t] > n.
-    lengths = (batch_sizes.unsqueeze(0) > torch.arange(int(batch_sizes[0])).unsqueeze(1)).sum(1)
+    lengths = (
+        batch_sizes.unsqueeze(0) > torch.arange(int(batch_sizes[0])).unsqueeze(1)
+    ).sum(1)
     return offsets[lengths[position] - 1 - step] + position

@@ -8,18 +8,22 @@ all workers in the backward pass (seqlstm.distributed). `reduce_across_workers` 
 minibatch totals, and only rank 0 writes progress and checkpoints.
 """
 
+import dataclasses
 import logging
 import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from seqlstm import distributed
-from seqlstm import ops  # noqa: F401  (loads the extension that defines the operators)
-from seqlstm.checkpoint import load_checkpoint, save_checkpoint
+from seqlstm import (
+    distributed,
+    ops,  # noqa: F401  (loads the extension that defines the operators)
+)
+from seqlstm.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from seqlstm.learner import CNTKSGD, Schedule, describe_value
 from seqlstm.metrics_log import MetricsLog, TensorBoardLog
 from seqlstm.progress import ProgressPrinter
@@ -106,7 +110,9 @@ def loss_and_errors(logits: torch.Tensor, labels: torch.Tensor):
 def model_loss_and_errors(model, batch: Batch):
     """Run `model` (a SequenceClassifier) on `batch` and return loss_and_errors of its
     logits, computed together with the dense layer where a fused operator exists."""
-    states = model.last_states(batch.indices, batch.values, batch.offsets, batch.lengths)
+    states = model.last_states(
+        batch.indices, batch.values, batch.offsets, batch.lengths
+    )
     if states.device.type == "cpu":
         # The dense layer's GEMMs and autograd nodes cost more than their arithmetic
         # at a few dozen rows, so one operator computes logits, loss and errors.
@@ -392,7 +398,8 @@ class Trainer:
 
         Raises:
             FileNotFoundError: there is no checkpoint.
-            ValueError: the checkpoint's model configuration differs from this model's.
+            ValueError: the checkpoint's model configuration differs from this model's,
+                or one of its entries does not fit this run.
         """
         checkpoint = load_checkpoint(self.checkpoint_dir)
         saved_model = checkpoint["config"].get("model")
@@ -402,13 +409,26 @@ class Trainer:
                 f"the checkpoint in {self.checkpoint_dir} is of a model {saved_model}, "
                 f"but this run builds {current_model}; use the same model options"
             )
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.reader.load_state_dict(checkpoint["reader"])
-        _set_rng_state(checkpoint["rng"])
-        if self.printer is not None and checkpoint["progress"] is not None:
-            self.printer.load_state_dict(checkpoint["progress"])
+        path = Path(self.checkpoint_dir) / CHECKPOINT_NAME
         saved = checkpoint["train_state"]
+        unknown = set(saved) - {field.name for field in dataclasses.fields(TrainState)}
+        if unknown:
+            raise ValueError(
+                f"{path}: train_state has unknown keys {sorted(unknown)}; the checkpoint "
+                "was written by another version of seqlstm or was edited"
+            )
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.reader.load_state_dict(checkpoint["reader"])
+            _set_rng_state(checkpoint["rng"])
+            if self.printer is not None and checkpoint["progress"] is not None:
+                self.printer.load_state_dict(checkpoint["progress"])
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise ValueError(
+                f"{path}: the checkpoint does not fit this run ({error}); start without "
+                "--resume or use the checkpoint's own options"
+            ) from error
         self.state = TrainState(**saved)
         if self.metrics_log is not None:
             self.metrics_log.truncate_after(self.state.minibatches)

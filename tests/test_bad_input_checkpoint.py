@@ -108,10 +108,6 @@ def test_resume_incomplete_checkpoint_one_line(tmp_path, capsys):
     assert "checkpoint.pt: the seqlstm-checkpoint file is missing the keys" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Trainer.resume builds TrainState(**train_state) without checking its keys",
-)
 def test_resume_unknown_train_state_key(tmp_path, capsys):
     data = tmp_path / "good.ctf"
     data.write_text("0\t|x 3:1\t|y 1 0 0 0 0\n1\t|x 5:1\t|y 0 1 0 0 0\n")

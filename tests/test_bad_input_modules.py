@@ -8,18 +8,12 @@ from torch.nn.utils.rnn import PackedSequence
 from seqlstm import LSTM, SparseEmbedding
 
 
-@pytest.mark.xfail(
-    strict=True, reason="LSTM.forward unpacks hx without checking it is a pair"
-)
 def test_lstm_hx_single_tensor():
     lstm = LSTM(4, 3)
     with pytest.raises(TypeError, match="hx"):
         lstm(torch.randn(5, 2, 4), torch.zeros(1, 2, 3))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="LSTM.forward reads batch_sizes[0] before checking it is empty"
-)
 def test_lstm_packed_empty_batch_sizes():
     lstm = LSTM(4, 3)
     packed = PackedSequence(torch.randn(0, 4), torch.tensor([], dtype=torch.long))
@@ -27,18 +21,11 @@ def test_lstm_packed_empty_batch_sizes():
         lstm(packed)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="LSTM.__init__ compares dropout before checking its type"
-)
 def test_lstm_dropout_string():
     with pytest.raises(TypeError, match="dropout"):
         LSTM(4, 3, dropout="0.5")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SparseEmbedding.__init__ passes a float size on to torch.empty",
-)
 def test_embedding_float_size():
     with pytest.raises(TypeError, match="num_embeddings"):
         SparseEmbedding(10.5, 3)
