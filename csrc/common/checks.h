@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -114,6 +115,42 @@ inline void check_embedding_bag_args(const at::Tensor& weight, const char* weigh
                       "output_order must have shape (num_samples,) = (", offsets.size(0) - 1,
                       ",), got ", shape_string(output_order.sizes()));
   }
+}
+
+// The sparse-embedding gather's arguments after the checks above, made contiguous.
+// per_sample_weights and output_order are undefined where the caller passed none.
+struct EmbeddingBagInputs {
+  at::Tensor table;  // weight forward, grad_output backward
+  at::Tensor indices;
+  at::Tensor offsets;
+  at::Tensor per_sample_weights;
+  at::Tensor output_order;
+};
+
+// Checks the gather's arguments for one backend and returns them contiguous. Backward
+// passes grad_output as the table; check_embedding_bag_grad_output checks its rows.
+inline EmbeddingBagInputs prepare_embedding_bag_inputs(
+    const at::Tensor& table, const char* table_name, const at::Tensor& indices,
+    const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
+    const std::optional<at::Tensor>& output_order, c10::DeviceType device_type) {
+  const at::Tensor scale = per_sample_weights.value_or(at::Tensor());
+  const at::Tensor order = output_order.value_or(at::Tensor());
+  check_embedding_bag_args(table, table_name, indices, offsets, scale, order);
+  check_device_type(table, table_name, device_type);
+  return {table.contiguous(), indices.contiguous(), offsets.contiguous(),
+          scale.defined() ? scale.contiguous() : at::Tensor(),
+          order.defined() ? order.contiguous() : at::Tensor()};
+}
+
+// Checks what only the backward has: a non-negative table size and one grad_output row
+// per sample.
+inline void check_embedding_bag_grad_output(const at::Tensor& grad_output,
+                                            const at::Tensor& offsets, int64_t num_embeddings) {
+  TORCH_CHECK_VALUE(num_embeddings >= 0, "num_embeddings must be non-negative, got ",
+                    num_embeddings);
+  TORCH_CHECK_VALUE(grad_output.size(0) == offsets.size(0) - 1,
+                    "grad_output must have shape (num_samples, embedding_dim) with num_samples = ",
+                    offsets.size(0) - 1, ", got ", shape_string(grad_output.sizes()));
 }
 
 }  // namespace seqlstm

@@ -198,20 +198,15 @@ at::Tensor embedding_bag_forward_cuda(const at::Tensor& weight_arg, const at::Te
                                       const at::Tensor& offsets_arg,
                                       const std::optional<at::Tensor>& per_sample_weights_arg,
                                       const std::optional<at::Tensor>& output_order_arg) {
-  const at::Tensor per_sample_weights_given = per_sample_weights_arg.value_or(at::Tensor());
-  const at::Tensor output_order_given = output_order_arg.value_or(at::Tensor());
-  check_embedding_bag_args(weight_arg, "weight", indices_arg, offsets_arg,
-                           per_sample_weights_given, output_order_given);
-  check_device_type(weight_arg, "weight", c10::DeviceType::CUDA);
+  const EmbeddingBagInputs inputs =
+      prepare_embedding_bag_inputs(weight_arg, "weight", indices_arg, offsets_arg,
+                                   per_sample_weights_arg, output_order_arg, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(weight_arg.device());
-
-  const at::Tensor weight = weight_arg.contiguous();
-  const at::Tensor indices = indices_arg.contiguous();
-  const at::Tensor offsets = offsets_arg.contiguous();
-  const at::Tensor per_sample_weights =
-      per_sample_weights_given.defined() ? per_sample_weights_given.contiguous() : at::Tensor();
-  const at::Tensor output_order =
-      output_order_given.defined() ? output_order_given.contiguous() : at::Tensor();
+  const at::Tensor& weight = inputs.table;
+  const at::Tensor& indices = inputs.indices;
+  const at::Tensor& offsets = inputs.offsets;
+  const at::Tensor& per_sample_weights = inputs.per_sample_weights;
+  const at::Tensor& output_order = inputs.output_order;
   check_embedding_bag_values_cuda(indices, offsets, output_order, weight.size(0));
 
   const int64_t num_samples = offsets.size(0) - 1;
@@ -242,25 +237,16 @@ at::Tensor embedding_bag_backward_cuda(const at::Tensor& grad_output_arg,
                                        const std::optional<at::Tensor>& per_sample_weights_arg,
                                        const std::optional<at::Tensor>& output_order_arg,
                                        int64_t num_embeddings, bool deterministic) {
-  const at::Tensor per_sample_weights_given = per_sample_weights_arg.value_or(at::Tensor());
-  const at::Tensor output_order_given = output_order_arg.value_or(at::Tensor());
-  TORCH_CHECK_VALUE(num_embeddings >= 0, "num_embeddings must be non-negative, got ",
-                    num_embeddings);
-  check_embedding_bag_args(grad_output_arg, "grad_output", indices_arg, offsets_arg,
-                           per_sample_weights_given, output_order_given);
-  check_device_type(grad_output_arg, "grad_output", c10::DeviceType::CUDA);
-  TORCH_CHECK_VALUE(grad_output_arg.size(0) == offsets_arg.size(0) - 1,
-                    "grad_output must have shape (num_samples, embedding_dim) with num_samples = ",
-                    offsets_arg.size(0) - 1, ", got ", shape_string(grad_output_arg.sizes()));
+  const EmbeddingBagInputs inputs = prepare_embedding_bag_inputs(
+      grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_arg,
+      output_order_arg, c10::DeviceType::CUDA);
+  check_embedding_bag_grad_output(grad_output_arg, offsets_arg, num_embeddings);
   const c10::cuda::CUDAGuard device_guard(grad_output_arg.device());
-
-  const at::Tensor grad_output = grad_output_arg.contiguous();
-  const at::Tensor indices = indices_arg.contiguous();
-  const at::Tensor offsets = offsets_arg.contiguous();
-  const at::Tensor per_sample_weights =
-      per_sample_weights_given.defined() ? per_sample_weights_given.contiguous() : at::Tensor();
-  const at::Tensor output_order =
-      output_order_given.defined() ? output_order_given.contiguous() : at::Tensor();
+  const at::Tensor& grad_output = inputs.table;
+  const at::Tensor& indices = inputs.indices;
+  const at::Tensor& offsets = inputs.offsets;
+  const at::Tensor& per_sample_weights = inputs.per_sample_weights;
+  const at::Tensor& output_order = inputs.output_order;
   check_embedding_bag_values_cuda(indices, offsets, output_order, num_embeddings);
 
   const int64_t num_samples = offsets.size(0) - 1;
