@@ -54,7 +54,7 @@ TORCH_LIBRARY(seqlstm, m) {
 
 namespace {
 
-// What this build of the extension contains, for seqlstm.build_info().
+// Returns what this build of the extension contains, for seqlstm.build_info().
 pybind11::dict build_info() {
   pybind11::dict info;
 #ifdef SEQLSTM_WITH_CUDA

@@ -49,7 +49,7 @@ namespace seqlstm {
 
 // One layer, one direction of an LSTM over a packed batch (see lstm_cell.h for the
 // equations and shape letters). The layout is PackedSequence's: sequences sorted by
-// length, longest first, and step t holds rows [sum(batch_sizes[:t]), +batch_sizes[t])
+// length, longest first, and step t is rows [sum(batch_sizes[:t]), +batch_sizes[t])
 // of `input`, the first batch_sizes[t] sequences.
 //
 //   input        (total, H_in)   total = sum(batch_sizes)

@@ -12,8 +12,8 @@
 namespace seqlstm {
 namespace {
 
-// Checks what only the data can show: offsets start at 0, never decrease and end at
-// nnz; every index lies in [0, num_embeddings); output_order is a permutation.
+// Checks what only the data can show. Offsets must start at 0, never decrease and end at
+// nnz. Every index must lie in [0, num_embeddings), and output_order must be a permutation.
 void check_embedding_bag_values(const at::Tensor& indices, const at::Tensor& offsets,
                                 const at::Tensor& output_order, int64_t num_embeddings) {
   const int64_t nnz = indices.size(0);
@@ -127,8 +127,8 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output_arg,
         output_order.defined() ? output_order.const_data_ptr<int64_t>() : nullptr;
     scalar_t* grad = grad_weight.data_ptr<scalar_t>();
 
-    // Duplicate indices write the same row, so the scatter stays on one thread; it is a
-    // few multiply-adds per non-zero and far from the cost of the LSTM behind it.
+    // Duplicate indices write the same row, so the scatter stays on one thread. It costs a
+    // few multiply-adds per non-zero, far less than the LSTM behind it.
     for (int64_t s = 0; s < num_samples; ++s) {
       const scalar_t* source = grad_out + (order ? order[s] : s) * embedding_dim;
       for (int64_t k = offset[s]; k < offset[s + 1]; ++k) {
