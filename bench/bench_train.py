@@ -3,9 +3,10 @@
 reference model, in one process and one run, and print both times and their ratio.
 
 Both models start from the same weights and train on the same minibatches, read once
-before timing. The two training steps alternate minibatch by minibatch, so that both
-see the same load on a shared machine. Before timing, the script checks that the two
-models' losses agree on the first minibatches.
+before timing. Each repeat runs the whole job with one model, then with the other, so
+that both see about the same load on a shared machine; the script prints the median
+of the repeats. Before timing, it checks that the two models' losses agree on the
+first minibatches.
 
 With --nproc N it instead times seqlstm's Trainer data-parallel, reading included. It
 runs the same job in 1 process and in N processes (gloo on loopback, 1 thread each) in
@@ -13,18 +14,23 @@ one run. It checks that both end with the same weights, then prints samples per 
 of each and the scaling ratio.
 
 Usage: python bench/bench_train.py [--minibatches 255] [--threads N] [--device cpu]
+       [--repeats 3]
        python bench/bench_train.py --nproc 2 [--minibatches 255] [--repeats 3]
 """
 
 import argparse
 import os
 import platform
+import statistics
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seqlstm import distributed
 from seqlstm.cli import default_data_path
@@ -251,7 +257,8 @@ def main() -> None:
         "--repeats",
         type=int,
         default=3,
-        help="with --nproc, runs of each process count; the fastest is reported",
+        help="runs of the whole job per model (median reported), or with --nproc, "
+        "runs of each process count (fastest reported)",
     )
     args = parser.parse_args()
     if args.nproc is not None:
@@ -280,16 +287,20 @@ def main() -> None:
                 f"minibatch {number}: the models' losses differ by {difference}"
             )
 
-    ours, theirs = make_jobs(weights, args.lr, device)
-    seconds = {"seqlstm": 0.0, "reference": 0.0}
-    losses = {"seqlstm": 0.0, "reference": 0.0}
-    for minibatch in minibatches:
-        for name, job in (("seqlstm", ours), ("reference", theirs)):
+    # Each repeat trains both models through the whole job from the same weights, one
+    # job after the other, so that neither finds its caches filled by the other.
+    times = {"seqlstm": [], "reference": []}
+    losses = {}
+    for _ in range(args.repeats):
+        jobs = dict(zip(("seqlstm", "reference"), make_jobs(weights, args.lr, device)))
+        for name, job in jobs.items():
             synchronize(device)
             start = time.perf_counter()
-            losses[name] = job.step(minibatch)
+            for minibatch in minibatches:
+                losses[name] = job.step(minibatch)
             synchronize(device)
-            seconds[name] += time.perf_counter() - start
+            times[name].append(time.perf_counter() - start)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
 
     print(
         f"command: python bench/bench_train.py --minibatches {args.minibatches} "
@@ -305,9 +316,11 @@ def main() -> None:
         f"{sum(m.num_sequences for m in minibatches)} sequences"
     )
     print(f"reading (once, not in the times below): {read_seconds:.3f} s")
+    print(f"repeats: {args.repeats}, each the whole job; the times are medians")
     for name in ("seqlstm", "reference"):
         print(
-            f"{name:9}: {seconds[name]:.3f} s, last minibatch loss {losses[name]:.4f}"
+            f"{name:9}: {seconds[name]:.3f} s (range {min(times[name]):.3f} to "
+            f"{max(times[name]):.3f}), last minibatch loss {losses[name]:.4f}"
         )
     print(
         f"speedup (reference / seqlstm): {seconds['reference'] / seconds['seqlstm']:.2f}x"

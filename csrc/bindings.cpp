@@ -20,11 +20,14 @@
 TORCH_LIBRARY(seqlstm, m) {
   m.def(
       "embedding_bag_forward(Tensor weight, Tensor indices, Tensor offsets, "
-      "Tensor? per_sample_weights, Tensor? output_order) -> Tensor");
+      "Tensor? per_sample_weights, Tensor? output_order, bool sparse=False) -> Tensor");
   m.def(
       "embedding_bag_backward(Tensor grad_output, Tensor indices, Tensor offsets, "
       "Tensor? per_sample_weights, Tensor? output_order, SymInt num_embeddings, "
       "bool deterministic) -> Tensor");
+  m.def(
+      "embedding_bag_backward_values(Tensor grad_output, Tensor indices, Tensor offsets, "
+      "Tensor? per_sample_weights, Tensor? output_order, SymInt num_embeddings) -> Tensor");
   m.def(
       "lstm_forward(Tensor input, Tensor batch_sizes, Tensor h_0, Tensor c_0, "
       "Tensor weight_ih, Tensor weight_hh, Tensor? bias, Tensor? weight_hr, "

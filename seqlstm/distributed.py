@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from seqlstm.embedding import SparseEmbedding
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)  # torch.distributed's default for gloo and NCCL
@@ -196,6 +198,10 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataP
     backward on every minibatch, a worker with an empty share included, because the
     gradient all-reduce waits for all of them.
     """
+    # The gradient hook sums dense buckets, so sparse embedding gradients become dense.
+    for module in model.modules():
+        if isinstance(module, SparseEmbedding):
+            module.sparse = False
     device_ids = [device.index] if device.type == "cuda" else None
     wrapped = DistributedDataParallel(model, device_ids=device_ids)
     wrapped.register_comm_hook(None, sum_gradients_hook)

@@ -17,6 +17,9 @@ class SparseEmbedding(nn.Module):
         embedding_dim: size of each output row.
         init: "glorot_uniform" (CNTK's default, U(-r, r) with r = sqrt(6 / (fan_in +
             fan_out))) or "normal" (torch.nn.Embedding's N(0, 1)).
+        sparse: if True, the gradient of weight is a sparse COO tensor with one row per
+            non-zero of the input, as torch.nn.Embedding(sparse=True) gives, so that an
+            optimizer that accepts sparse gradients updates only the rows used.
     """
 
     def __init__(
@@ -24,6 +27,7 @@ class SparseEmbedding(nn.Module):
         num_embeddings: int,
         embedding_dim: int,
         init: str = "normal",
+        sparse: bool = False,
         device=None,
         dtype=None,
     ):
@@ -41,6 +45,7 @@ class SparseEmbedding(nn.Module):
             )
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.sparse = bool(sparse)
         self.weight = nn.Parameter(
             torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
         )
@@ -76,9 +81,14 @@ class SparseEmbedding(nn.Module):
             IndexError: an index is outside [0, num_embeddings).
             ValueError: offsets or output_order are malformed.
         """
-        return torch.ops.seqlstm.embedding_bag_forward(
-            self.weight, indices, offsets, per_sample_weights, output_order
+        return _embedding_bag_forward(
+            self.weight, indices, offsets, per_sample_weights, output_order, self.sparse
         )
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        text = f"{self.num_embeddings}, {self.embedding_dim}"
+        return text + (", sparse=True" if self.sparse else "")
+
+
+# The operator's only overload, called directly to skip the overload lookup per call.
+_embedding_bag_forward = torch.ops.seqlstm.embedding_bag_forward.default

@@ -46,6 +46,10 @@ class SequenceClassifier(nn.Module):
             none. It may equal hidden_size, as CNTK's LSTM(25, 25) has.
         init: "cntk" for glorot-uniform weights and zero biases, "torch" for the
             initialisation of torch.nn.Embedding, torch.nn.LSTM and torch.nn.Linear.
+        sparse_embedding: give the embedding table a sparse gradient (see
+            SparseEmbedding), which the trainer's optimizer applies to the rows used
+            only. Optimizers without sparse support, such as torch.optim.Adam, need
+            False.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class SequenceClassifier(nn.Module):
         hidden_size: int = 25,
         proj_size: int = 25,
         init: str = "cntk",
+        sparse_embedding: bool = True,
         device=None,
     ):
         super().__init__()
@@ -68,7 +73,9 @@ class SequenceClassifier(nn.Module):
             "hidden_size": hidden_size,
             "proj_size": proj_size,
         }
-        self.embedding = SparseEmbedding(input_dim, embedding_dim, device=device)
+        self.embedding = SparseEmbedding(
+            input_dim, embedding_dim, sparse=sparse_embedding, device=device
+        )
         self.lstm = LSTM(embedding_dim, hidden_size, proj_size=proj_size, device=device)
         output_size = proj_size if proj_size > 0 else hidden_size
         self.dense = nn.Linear(output_size, num_classes, device=device)

@@ -12,7 +12,9 @@ _C = load_extension()
 
 
 @torch.library.register_fake("seqlstm::embedding_bag_forward")
-def _embedding_bag_forward_fake(weight, indices, offsets, per_sample_weights, output_order):
+def _embedding_bag_forward_fake(
+    weight, indices, offsets, per_sample_weights, output_order, sparse=False
+):
     num_samples = offsets.shape[0] - 1
     return weight.new_empty((num_samples, weight.shape[1]))
 
@@ -25,41 +27,15 @@ def _embedding_bag_backward_fake(
     return grad_output.new_empty((num_embeddings, grad_output.shape[1]))
 
 
-def _embedding_bag_setup_context(ctx, inputs, output):
-    weight, indices, offsets, per_sample_weights, output_order = inputs
-    ctx.num_embeddings = weight.shape[0]
-    ctx.save_for_backward(weight, indices, offsets, per_sample_weights, output_order)
+@torch.library.register_fake("seqlstm::embedding_bag_backward_values")
+def _embedding_bag_backward_values_fake(
+    grad_output, indices, offsets, per_sample_weights, output_order, num_embeddings
+):
+    return grad_output.new_empty((indices.shape[0], grad_output.shape[1]))
 
 
-def _embedding_bag_backward(ctx, grad_output):
-    weight, indices, offsets, per_sample_weights, output_order = ctx.saved_tensors
-    grad_weight = None
-    if ctx.needs_input_grad[0]:
-        grad_weight = torch.ops.seqlstm.embedding_bag_backward(
-            grad_output,
-            indices,
-            offsets,
-            per_sample_weights,
-            output_order,
-            ctx.num_embeddings,
-            torch.are_deterministic_algorithms_enabled(),
-        )
-    grad_per_sample_weights = None
-    if per_sample_weights is not None and ctx.needs_input_grad[3]:
-        # d output[row(k)] / d per_sample_weights[k] = weight[indices[k]], so the gradient
-        # is the dot product of that row with the output gradient of its sample.
-        num_samples = offsets.shape[0] - 1
-        sample = torch.repeat_interleave(
-            torch.arange(num_samples, device=offsets.device), offsets.diff()
-        )
-        row = sample if output_order is None else output_order[sample]
-        grad_per_sample_weights = (weight[indices] * grad_output[row]).sum(1)
-    return grad_weight, None, None, grad_per_sample_weights, None
-torch.library.register_autograd(
-    "seqlstm::embedding_bag_forward",
-    _embedding_bag_backward,
-    setup_context=_embedding_bag_setup_context,
-)
+# The autograd of seqlstm::embedding_bag_forward is registered in C++
+# (csrc/embedding_autograd.cpp), where it costs less per call than a Python formula.
 
 
 @torch.library.register_fake("seqlstm::lstm_forward")

@@ -13,10 +13,13 @@ namespace seqlstm {
 // Sparse-embedding gather: output row output_order[s] (or s) of sample s is
 //   sum over k in [offsets[s], offsets[s+1]) of per_sample_weights[k] * weight[indices[k]].
 // Returns (num_samples, embedding_dim) with weight's dtype.
+// `sparse` only tells the autograd kernel which form of weight gradient to return:
+// dense from embedding_bag_backward, or sparse from embedding_bag_backward_values.
 at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
                                      const at::Tensor& offsets,
                                      const std::optional<at::Tensor>& per_sample_weights,
-                                     const std::optional<at::Tensor>& output_order);
+                                     const std::optional<at::Tensor>& output_order,
+                                     bool sparse = false);
 
 // Gradient of embedding_bag_forward with respect to weight: (num_embeddings, embedding_dim).
 // Duplicate indices accumulate. `deterministic` has no effect on CPU, where the sum
@@ -27,12 +30,31 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output, const at::T
                                       const std::optional<at::Tensor>& output_order,
                                       int64_t num_embeddings, bool deterministic);
 
+// The weight gradient as one row per non-zero, for a sparse COO gradient with indices
+// as its row indices: values[k] = per_sample_weights[k] * grad_output[row of k's sample].
+// Returns (nnz, embedding_dim); duplicate indices stay separate rows, summed by whoever
+// adds the sparse gradient to a dense tensor.
+at::Tensor embedding_bag_backward_values_cpu(const at::Tensor& grad_output,
+                                             const at::Tensor& indices,
+                                             const at::Tensor& offsets,
+                                             const std::optional<at::Tensor>& per_sample_weights,
+                                             const std::optional<at::Tensor>& output_order,
+                                             int64_t num_embeddings);
+
+// The same values from ATen operators, for any device; the CUDA backend registers it.
+// Unlike the CPU kernel it does not read the index values, which the forward checked.
+at::Tensor embedding_bag_backward_values_aten(
+    const at::Tensor& grad_output, const at::Tensor& indices, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights,
+    const std::optional<at::Tensor>& output_order, int64_t num_embeddings);
+
 // The same gather on CUDA. The index values are checked with one device-to-host
 // transfer before any kernel reads through them, so a bad index raises IndexError.
 at::Tensor embedding_bag_forward_cuda(const at::Tensor& weight, const at::Tensor& indices,
                                       const at::Tensor& offsets,
                                       const std::optional<at::Tensor>& per_sample_weights,
-                                      const std::optional<at::Tensor>& output_order);
+                                      const std::optional<at::Tensor>& output_order,
+                                      bool sparse = false);
 
 // With `deterministic`, the CUDA backward sums duplicate indices in index order after a
 // stable sort, so repeated calls give bit-identical gradients. Without it, the backward

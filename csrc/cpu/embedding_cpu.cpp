@@ -51,7 +51,9 @@ void check_embedding_bag_values(const at::Tensor& indices, const at::Tensor& off
 at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight_arg, const at::Tensor& indices_arg,
                                      const at::Tensor& offsets_arg,
                                      const std::optional<at::Tensor>& per_sample_weights_arg,
-                                     const std::optional<at::Tensor>& output_order_arg) {
+                                     const std::optional<at::Tensor>& output_order_arg,
+                                     bool sparse) {
+  (void)sparse;  // Only the autograd kernel reads it.
   const EmbeddingBagInputs inputs =
       prepare_embedding_bag_inputs(weight_arg, "weight", indices_arg, offsets_arg,
                                    per_sample_weights_arg, output_order_arg, c10::DeviceType::CPU);
@@ -143,9 +145,50 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output_arg,
   return grad_weight;
 }
 
+at::Tensor embedding_bag_backward_values_cpu(
+    const at::Tensor& grad_output_arg, const at::Tensor& indices_arg,
+    const at::Tensor& offsets_arg, const std::optional<at::Tensor>& per_sample_weights_arg,
+    const std::optional<at::Tensor>& output_order_arg, int64_t num_embeddings) {
+  const EmbeddingBagInputs inputs = prepare_embedding_bag_inputs(
+      grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_arg,
+      output_order_arg, c10::DeviceType::CPU);
+  check_embedding_bag_grad_output(grad_output_arg, offsets_arg, num_embeddings);
+  const at::Tensor& grad_output = inputs.table;
+  const at::Tensor& offsets = inputs.offsets;
+  const at::Tensor& per_sample_weights = inputs.per_sample_weights;
+  const at::Tensor& output_order = inputs.output_order;
+  check_embedding_bag_values(inputs.indices, offsets, output_order, num_embeddings);
+
+  const int64_t num_samples = offsets.size(0) - 1;
+  const int64_t embedding_dim = grad_output.size(1);
+  at::Tensor values = at::empty({inputs.indices.size(0), embedding_dim}, grad_output.options());
+
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "embedding_bag_backward_values_cpu", [&] {
+    const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* offset = offsets.const_data_ptr<int64_t>();
+    const scalar_t* scale =
+        per_sample_weights.defined() ? per_sample_weights.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* order =
+        output_order.defined() ? output_order.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* value = values.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < num_samples; ++s) {
+      const scalar_t* source = grad_out + (order ? order[s] : s) * embedding_dim;
+      for (int64_t k = offset[s]; k < offset[s + 1]; ++k) {
+        const scalar_t w = scale ? scale[k] : scalar_t(1);
+        scalar_t* row = value + k * embedding_dim;
+        for (int64_t d = 0; d < embedding_dim; ++d) {
+          row[d] = w * source[d];
+        }
+      }
+    }
+  });
+  return values;
+}
+
 }  // namespace seqlstm
 
 TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
   m.impl("embedding_bag_forward", &seqlstm::embedding_bag_forward_cpu);
   m.impl("embedding_bag_backward", &seqlstm::embedding_bag_backward_cpu);
+  m.impl("embedding_bag_backward_values", &seqlstm::embedding_bag_backward_values_cpu);
 }

@@ -197,7 +197,9 @@ const scalar_t* optional_data(const at::Tensor& tensor) {
 at::Tensor embedding_bag_forward_cuda(const at::Tensor& weight_arg, const at::Tensor& indices_arg,
                                       const at::Tensor& offsets_arg,
                                       const std::optional<at::Tensor>& per_sample_weights_arg,
-                                      const std::optional<at::Tensor>& output_order_arg) {
+                                      const std::optional<at::Tensor>& output_order_arg,
+                                      bool sparse) {
+  (void)sparse;  // Only the autograd kernel reads it.
   const EmbeddingBagInputs inputs =
       prepare_embedding_bag_inputs(weight_arg, "weight", indices_arg, offsets_arg,
                                    per_sample_weights_arg, output_order_arg, c10::DeviceType::CUDA);
@@ -305,4 +307,5 @@ at::Tensor embedding_bag_backward_cuda(const at::Tensor& grad_output_arg,
 TORCH_LIBRARY_IMPL(seqlstm, CUDA, m) {
   m.impl("embedding_bag_forward", &seqlstm::embedding_bag_forward_cuda);
   m.impl("embedding_bag_backward", &seqlstm::embedding_bag_backward_cuda);
+  m.impl("embedding_bag_backward_values", &seqlstm::embedding_bag_backward_values_aten);
 }
