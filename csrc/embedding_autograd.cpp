@@ -1,5 +1,4 @@
-// Autograd of seqlstm::embedding_bag_forward for every backend, and the ATen version of
-// embedding_bag_backward_values that backends without their own kernel register.
+// Autograd of seqlstm::embedding_bag_forward for every backend.
 //
 // The weight gradient is dense (num_embeddings, embedding_dim) from
 // embedding_bag_backward, or, when the forward was called with sparse=True, a sparse
@@ -9,16 +8,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Context.h>
 #include <ATen/ops/_sparse_coo_tensor_unsafe.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/diff.h>
-#include <ATen/ops/repeat_interleave.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/ops.h"
 
 namespace seqlstm {
@@ -39,17 +34,6 @@ using ValuesSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const a
 
 std::optional<at::Tensor> optional_tensor(const at::Tensor& tensor) {
   return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
-}
-
-// The output row of each non-zero's sample: (nnz,) int64 on offsets' device.
-at::Tensor output_row_of_nonzeros(const at::Tensor& offsets, const at::Tensor& output_order,
-                                  int64_t nnz) {
-  const int64_t num_samples = offsets.size(0) - 1;
-  const at::Tensor samples = at::arange(num_samples, offsets.options());
-  const at::Tensor sample_of_nonzero =
-      at::repeat_interleave(samples, at::diff(offsets), 0, nnz);
-  return output_order.defined() ? output_order.index_select(0, sample_of_nonzero)
-                                : sample_of_nonzero;
 }
 
 class EmbeddingBagFunction : public torch::autograd::Function<EmbeddingBagFunction> {
@@ -119,7 +103,7 @@ class EmbeddingBagFunction : public torch::autograd::Function<EmbeddingBagFuncti
       // d output[row(k)] / d per_sample_weights[k] = weight[indices[k]], so the gradient
       // is the dot product of that table row with the output gradient of k's row.
       const at::Tensor& weight = saved[4];
-      const at::Tensor rows = output_row_of_nonzeros(offsets, order, indices.size(0));
+      const at::Tensor rows = embedding_bag_output_rows(offsets, order, indices.size(0));
       grad_scale =
           weight.index_select(0, indices).mul(grad_output.index_select(0, rows)).sum(1);
     }
@@ -137,24 +121,6 @@ at::Tensor embedding_bag_forward_autograd(const at::Tensor& weight, const at::Te
 }
 
 }  // namespace
-
-at::Tensor embedding_bag_backward_values_aten(
-    const at::Tensor& grad_output_arg, const at::Tensor& indices_arg,
-    const at::Tensor& offsets_arg, const std::optional<at::Tensor>& per_sample_weights_arg,
-    const std::optional<at::Tensor>& output_order_arg, int64_t num_embeddings) {
-  const EmbeddingBagInputs inputs = prepare_embedding_bag_inputs(
-      grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_arg,
-      output_order_arg, grad_output_arg.device().type());
-  check_embedding_bag_grad_output(grad_output_arg, offsets_arg, num_embeddings);
-  const int64_t nnz = inputs.indices.size(0);
-  const at::Tensor rows = output_row_of_nonzeros(inputs.offsets, inputs.output_order, nnz);
-  at::Tensor values = inputs.table.index_select(0, rows);
-  if (inputs.per_sample_weights.defined()) {
-    values.mul_(inputs.per_sample_weights.unsqueeze(1));
-  }
-  return values;
-}
-
 }  // namespace seqlstm
 
 TORCH_LIBRARY_IMPL(seqlstm, Autograd, m) {

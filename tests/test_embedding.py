@@ -36,6 +36,64 @@ def test_forward_backward_match_embedding_bag(num_samples, num_embeddings, dim, 
     torch.testing.assert_close(weight_ours.grad, weight_ref.grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("with_values,with_order", [(False, False), (True, True)])
+def test_sparse_gradient_sums_to_dense_gradient(with_values, with_order):
+    generator = torch.Generator().manual_seed(3)
+    indices, offsets, values = make_csr(9, 6, 4, generator)
+    values = values if with_values else None
+    order = torch.randperm(9, generator=generator) if with_order else None
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=generator)
+    grad = torch.randn(9, 5, dtype=torch.float64, generator=generator)
+    gradients = []
+    for sparse in (False, True):
+        table = weight.clone().requires_grad_()
+        torch.ops.seqlstm.embedding_bag_forward(
+            table, indices, offsets, values, order, sparse
+        ).backward(grad)
+        gradients.append(table.grad)
+    dense, sparse = gradients
+    assert sparse.is_sparse and sparse.shape == (6, 5)
+    # One row per non-zero, duplicates included, in the order of the indices.
+    assert torch.equal(sparse._indices()[0], indices)
+    assert sparse._values().shape == (indices.shape[0], 5)
+    torch.testing.assert_close(sparse.to_dense(), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_gradient_keeps_per_sample_weight_gradient():
+    weight = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    indices = torch.tensor([0, 4, 4, 2, 1])
+    offsets = torch.tensor([0, 2, 2, 5])
+    values = torch.tensor([0.5, 1.0, -2.0, 3.0, 1.5], dtype=torch.float64, requires_grad=True)
+    order = torch.tensor([1, 2, 0])
+    assert torch.autograd.gradcheck(
+        lambda v: torch.ops.seqlstm.embedding_bag_forward(
+            weight.detach(), indices, offsets, v, order, True
+        ),
+        (values,),
+    )
+    output = torch.ops.seqlstm.embedding_bag_forward(weight, indices, offsets, values, order, True)
+    output.sum().backward()
+    assert weight.grad.is_sparse
+    # values[k] scales table row indices[k], so d sum / d values[k] = sum of that row.
+    torch.testing.assert_close(values.grad, weight.detach()[indices].sum(1))
+
+
+def test_sparse_embedding_module_trains_like_dense():
+    generator = torch.Generator().manual_seed(5)
+    indices, offsets, values = make_csr(12, 30, 3, generator)
+    values = values.float()
+    modules = [seqlstm.SparseEmbedding(30, 4, sparse=sparse) for sparse in (False, True)]
+    modules[1].load_state_dict(modules[0].state_dict())
+    for module in modules:
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            module(indices, offsets, values).square().sum().backward()
+            optimizer.step()
+    assert "sparse=True" in repr(modules[1])
+    torch.testing.assert_close(modules[1].weight, modules[0].weight, rtol=1e-6, atol=1e-6)
+
+
 def test_output_order_permutes_rows():
     weight = torch.randn(6, 4, dtype=torch.float64)
     indices = torch.tensor([0, 3, 5, 1])
@@ -138,9 +196,19 @@ def test_opcheck_with_per_sample_weights():
 
 def test_opcheck_backward():
     torch.library.opcheck(
+        torch.ops.seqlstm.embedding_bag_forward,
+        (torch.randn(9, 4, requires_grad=True), torch.tensor([0, 8, 3, 3]),
+         torch.tensor([0, 1, 1, 4]), torch.rand(4), None, True),
+    )
+    torch.library.opcheck(
         torch.ops.seqlstm.embedding_bag_backward,
         (torch.randn(3, 4), torch.tensor([0, 8, 3, 3]), torch.tensor([0, 1, 1, 4]),
          torch.rand(4), torch.tensor([2, 0, 1]), 9, False),
+    )
+    torch.library.opcheck(
+        torch.ops.seqlstm.embedding_bag_backward_values,
+        (torch.randn(3, 4), torch.tensor([0, 8, 3, 3]), torch.tensor([0, 1, 1, 4]),
+         torch.rand(4), torch.tensor([2, 0, 1]), 9),
     )
 
 

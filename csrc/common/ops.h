@@ -41,6 +41,11 @@ at::Tensor embedding_bag_backward_values_cpu(const at::Tensor& grad_output,
                                              const std::optional<at::Tensor>& output_order,
                                              int64_t num_embeddings);
 
+// The output row of each non-zero's sample, output_order[s] or s: (nnz,) int64 on
+// offsets' device. offsets must be valid CSR row pointers ending at nnz.
+at::Tensor embedding_bag_output_rows(const at::Tensor& offsets, const at::Tensor& output_order,
+                                     int64_t nnz);
+
 // The same values from ATen operators, for any device; the CUDA backend registers it.
 // Unlike the CPU kernel it does not read the index values, which the forward checked.
 at::Tensor embedding_bag_backward_values_aten(

@@ -294,6 +294,27 @@ SEQLSTM_VECTOR_CLONES void cell_backward_rows_float(int64_t begin, int64_t end, 
   cell_backward_rows<float, VectorMath>(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
 }
 
+// r = o * tanh(c) for every unit of `rows` rows, from the output gates (rows of 4*H,
+// the o part at 3*H) and the cells (rows of H).
+template <typename scalar_t, typename Math>
+C10_ALWAYS_INLINE void raw_hidden_rows(int64_t rows, int64_t H, const scalar_t* gate,
+                                       const scalar_t* c, scalar_t* r) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t n = 0; n < rows; ++n) {
+    const scalar_t* __restrict gate_o = gate + n * 4 * H + 3 * H;
+    const scalar_t* __restrict c_row = c + n * H;
+    scalar_t* __restrict r_row = r + n * H;
+    for (int64_t j = 0; j < H; ++j) {
+      r_row[j] = acc_t(gate_o[j]) * Math::tanh(acc_t(c_row[j]));
+    }
+  }
+}
+
+SEQLSTM_VECTOR_CLONES void raw_hidden_rows_float(int64_t rows, int64_t H, const float* gate,
+                                                 const float* c, float* r) {
+  raw_hidden_rows<float, VectorMath>(rows, H, gate, c, r);
+}
+
 // The row loops per dtype: float uses VectorMath, double the standard functions.
 template <typename scalar_t>
 struct CellRows {
@@ -305,6 +326,10 @@ struct CellRows {
                        const scalar_t* c, const scalar_t* c_prev, const scalar_t* dr,
                        int64_t dr_stride, scalar_t* dc, scalar_t* dz) {
     cell_backward_rows<scalar_t, StdMath>(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
+  }
+  static void raw_hidden(int64_t rows, int64_t H, const scalar_t* gate, const scalar_t* c,
+                         scalar_t* r) {
+    raw_hidden_rows<scalar_t, StdMath>(rows, H, gate, c, r);
   }
 };
 
@@ -318,6 +343,9 @@ struct CellRows<float> {
                        const float* c, const float* c_prev, const float* dr, int64_t dr_stride,
                        float* dc, float* dz) {
     cell_backward_rows_float(begin, end, H, gate, c, c_prev, dr, dr_stride, dc, dz);
+  }
+  static void raw_hidden(int64_t rows, int64_t H, const float* gate, const float* c, float* r) {
+    raw_hidden_rows_float(rows, H, gate, c, r);
   }
 };
 
@@ -492,12 +520,7 @@ void lstm_backward_kernel(Algorithm algorithm, const LstmSizes& sizes,
     // r_t = o * tanh(c_t), recomputed from the saved gates and cell.
     at::Tensor raw_all = at::empty({total, H}, input.options());
     scalar_t* r_all = raw_all.data_ptr<scalar_t>();
-    for (int64_t row = 0; row < total; ++row) {
-      for (int64_t j = 0; j < H; ++j) {
-        r_all[row * H + j] =
-            acc_t(gate_all[row * G + 3 * H + j]) * std::tanh(acc_t(c_all[row * H + j]));
-      }
-    }
+    CellRows<scalar_t>::raw_hidden(total, H, gate_all, c_all, r_all);
     gemm(true, false, P, H, total, scalar_t(1), dh_all, P, r_all, H, scalar_t(0),
          grad_weight_hr.data_ptr<scalar_t>(), H);
   }

@@ -30,6 +30,28 @@ TEST_CASE("embedding backward accumulates duplicate indices") {
   EXPECT_NEAR(grad_weight[2][1].item<double>(), 1.0, 0.0);
 }
 
+TEST_CASE("embedding sparse gradient values match between CPU kernel and ATen version") {
+  at::manual_seed(7);
+  const at::Tensor grad_output = at::randn({4, 3}, at::kDouble);
+  const at::Tensor indices = at::tensor({2, 0, 2, 5, 1, 1}, at::kLong);
+  const at::Tensor offsets = at::tensor({0, 2, 2, 5, 6}, at::kLong);
+  const at::Tensor values = at::randn({6}, at::kDouble);
+  const at::Tensor order = at::tensor({3, 1, 0, 2}, at::kLong);
+  const at::Tensor kernel = seqlstm::embedding_bag_backward_values_cpu(
+      grad_output, indices, offsets, values, order, 6);
+  const at::Tensor aten = seqlstm::embedding_bag_backward_values_aten(
+      grad_output, indices, offsets, values, order, 6);
+  EXPECT_EQ(kernel.size(0), 6);
+  EXPECT_NEAR((kernel - aten).abs().max().item<double>(), 0.0, 1e-15);
+  // Non-zero 3 belongs to sample 2, written to output row order[2] = 0.
+  EXPECT_NEAR((kernel[3] - values[3] * grad_output[0]).abs().max().item<double>(), 0.0, 1e-15);
+  // Summed over duplicates, the rows give the dense gradient.
+  const at::Tensor dense = seqlstm::embedding_bag_backward_cpu(grad_output, indices, offsets,
+                                                               values, order, 6, false);
+  const at::Tensor summed = at::zeros({6, 3}, at::kDouble).index_add_(0, indices, kernel);
+  EXPECT_NEAR((summed - dense).abs().max().item<double>(), 0.0, 1e-12);
+}
+
 TEST_CASE("embedding index out of range names index and bound") {
   const at::Tensor weight = at::zeros({5, 2});
   const at::Tensor indices = at::tensor({4, 5}, at::kLong);
