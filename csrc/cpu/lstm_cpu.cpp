@@ -273,10 +273,11 @@ C10_ALWAYS_INLINE void cell_backward_rows(int64_t begin, int64_t end, int64_t H,
   }
 }
 
-// x86-64 builds compile the float loops twice, for the baseline and for AVX2,
-// and pick one at load time, so that the extension still runs on any x86-64 CPU.
+// x86-64 builds compile the float loops twice, for the baseline and for x86-64-v3
+// (AVX2 with FMA), and pick one at load time, so that the extension still runs on any
+// x86-64 CPU.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SEQLSTM_VECTOR_CLONES __attribute__((target_clones("avx2", "default"), flatten))
+#define SEQLSTM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #else
 #define SEQLSTM_VECTOR_CLONES
 #endif
