@@ -15,6 +15,15 @@ ends with the gradients of all parameters and of the input:
 The ratio is the faster torch time over the faster of seqlstm packed and lengths. Before timing, the
 seqlstm results are checked against torch packed.
 
+The GEMM floor is a lower bound on any implementation's time: the six matrix products
+that forward and backward cannot avoid (input projection, recurrent product, and the
+gradients of input, hidden state, weight_ih and weight_hh) over the packed rows only,
+each timed as one large torch.mm in the same run. The recurrent products really come
+in one small product per step, so the floor is optimistic. "bound" is the faster torch
+time over the floor: no kernel doing these products at this rate can exceed it. At the
+smallest shapes the floor also counts torch.mm's own cost per call, a few microseconds,
+so there the bound is an estimate.
+
 Usage: python bench/bench_lstm.py [--device cpu|cuda] [--threads K] [--clock wall|cpu]
        [--algorithm 0|1|2] [--shapes N,L,H_in,H ...]
 """
@@ -140,6 +149,32 @@ def make_variants(shape, algorithm):
     }
 
 
+def gemm_floor(shape, min_seconds, clock):
+    """Return the seconds of the forward and backward matrix products of an LSTM at
+    `shape`, each done as one torch.mm over the packed rows (see the module doc)."""
+    batch, steps, input_size, hidden_size = shape
+    generator = torch.Generator().manual_seed(0)
+    total = int(torch.randint(1, steps + 1, (batch,), generator=generator).sum())
+    gates = 4 * hidden_size
+    x = torch.randn(total, input_size)
+    h = torch.randn(total, hidden_size)
+    dz = torch.randn(total, gates)
+    w_ih = torch.randn(gates, input_size)
+    w_hh = torch.randn(gates, hidden_size)
+    products = [
+        (x, w_ih.t()),  # input projection
+        (h, w_hh.t()),  # recurrent product, all steps at once
+        (dz, w_ih),  # gradient of the input
+        (dz, w_hh),  # gradient of the hidden state
+        (dz.t(), x),  # gradient of weight_ih
+        (dz.t(), h),  # gradient of weight_hh
+    ]
+    return sum(
+        time_call(lambda a=a, b=b: torch.mm(a, b), min_seconds / 6, clock)
+        for a, b in products
+    )
+
+
 def run_cpu(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,7 +182,7 @@ def run_cpu(args):
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"forward+backward, median {args.clock} ms per call; algorithm={args.algorithm}")
     header = ["N", "L", "H_in", "H", "torch packed", "torch padded", "seqlstm packed",
-              "seqlstm lengths", "seqlstm prepacked", "ratio"]
+              "seqlstm lengths", "seqlstm prepacked", "ratio", "GEMM floor", "bound"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for shape in args.shapes:
@@ -161,6 +196,8 @@ def run_cpu(args):
         cells = [str(size) for size in shape]
         cells += [f"{times[name] * 1e3:.3f}" for name in variants]
         cells.append(f"{ratio:.2f}x")
+        floor = gemm_floor(shape, args.seconds, clock)
+        cells += [f"{floor * 1e3:.3f}", f"{fastest_torch / floor:.2f}x"]
         print("| " + " | ".join(cells) + " |", flush=True)
 
 

@@ -42,6 +42,9 @@ TORCH_LIBRARY(seqlstm, m) {
   m.def(
       "pack_order(Tensor lengths) -> (Tensor batch_sizes, Tensor sorted_indices, "
       "Tensor unsorted_indices, Tensor packed_rows)");
+  m.def(
+      "padded_pack_order(Tensor lengths, int num_steps) -> (Tensor batch_sizes, "
+      "Tensor sorted_indices, Tensor unsorted_indices, Tensor source_rows)");
   m.def("softmax_cross_entropy(Tensor logits, Tensor labels) -> (Tensor loss, Tensor errors)");
   m.def(
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels) -> "

@@ -13,10 +13,11 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from seqlstm import ops  # noqa: F401  (registers the operators' autograd)
-from seqlstm.packing import check_lengths
+from seqlstm.packing import check_lengths_tensor
 
-# The operator's only overload, called directly to skip the overload lookup per call.
+# The operators' only overloads, called directly to skip the overload lookup per call.
 _lstm_forward = torch.ops.seqlstm.lstm_forward.default
+_padded_pack_order = torch.ops.seqlstm.padded_pack_order.default
 
 
 class LSTM(nn.Module):
@@ -246,14 +247,14 @@ class LSTM(nn.Module):
                 # NOTE: the lengths are read here, which torch.compile(fullgraph=True)
                 # rejects as data-dependent; compiled code passes a PackedSequence built
                 # outside (for example from seqlstm.packing.pack_order) instead.
-                check_lengths(lengths, max_length=num_steps)
+                check_lengths_tensor(lengths)
                 if lengths.shape[0] != batch_size:
                     raise ValueError(
                         f"lengths must have one entry per sequence ({batch_size}), got "
                         f"{lengths.shape[0]}"
                     )
                 batch_sizes, sorted_indices, unsorted_indices, source_rows = (
-                    _padded_layout(lengths, num_steps)
+                    _padded_pack_order(lengths, num_steps)
                 )
                 device = padded.device
                 source_rows = source_rows.to(device)
@@ -360,23 +361,6 @@ class LSTM(nn.Module):
 
 def _step_offsets(batch_sizes):
     return torch.cumsum(batch_sizes, 0) - batch_sizes
-
-
-def _padded_layout(lengths, num_steps):
-    """Return batch_sizes, sorted_indices, unsorted_indices and the row of the
-    time-major padded (L * N, .) tensor that each packed row comes from."""
-    batch_size = lengths.shape[0]
-    sorted_lengths, sorted_indices = torch.sort(lengths, descending=True, stable=True)
-    unsorted_indices = torch.empty_like(sorted_indices)
-    unsorted_indices[sorted_indices] = torch.arange(batch_size)
-    steps = torch.arange(num_steps).unsqueeze(1)
-    # active[t, n]: the n-th longest sequence has a sample at step t. Its True entries
-    # in row-major order are the packed rows.
-    active = steps < sorted_lengths.unsqueeze(0)
-    batch_sizes = active.sum(1)
-    batch_sizes = batch_sizes[batch_sizes > 0]
-    source_rows = (steps * batch_size + sorted_indices.unsqueeze(0))[active]
-    return batch_sizes, sorted_indices, unsorted_indices, source_rows
 
 
 def _reverse_rows(batch_sizes):

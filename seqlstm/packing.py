@@ -11,8 +11,9 @@ import torch
 
 from seqlstm import ops  # noqa: F401  (loads the extension that defines the operators)
 
-# The operator's only overload, called directly to skip the overload lookup per call.
+# The operators' only overloads, called directly to skip the overload lookup per call.
 _pack_order = torch.ops.seqlstm.pack_order.default
+_padded_pack_order = torch.ops.seqlstm.padded_pack_order.default
 
 
 class PackOrder(NamedTuple):
@@ -32,13 +33,12 @@ class PackOrder(NamedTuple):
     packed_rows: torch.Tensor
 
 
-def check_lengths(lengths: torch.Tensor, max_length: int | None = None) -> None:
-    """Raise if `lengths` is not a non-empty int64 CPU vector of lengths in [1, max_length].
+def check_lengths_tensor(lengths) -> None:
+    """Raise if `lengths` is not a 1-D int64 CPU tensor. The operators check its values.
 
     Raises:
         TypeError: lengths is not an int64 tensor.
-        ValueError: lengths is not 1-D, not on the CPU or empty, or a length is below 1
-            or above max_length; the message names the batch position.
+        ValueError: lengths is not 1-D or not on the CPU.
     """
     if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64:
         got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
@@ -47,22 +47,6 @@ def check_lengths(lengths: torch.Tensor, max_length: int | None = None) -> None:
         raise ValueError(f"lengths must have 1 dimension, got shape {tuple(lengths.shape)}")
     if lengths.device.type != "cpu":
         raise ValueError(f"lengths must be on the CPU, got {lengths.device}")
-    if lengths.numel() == 0:
-        raise ValueError("lengths must contain at least one sequence, got an empty batch")
-    too_short = (lengths < 1).nonzero()
-    if too_short.numel() > 0:
-        position = int(too_short[0])
-        raise ValueError(
-            f"lengths[{position}] must be at least 1, got {int(lengths[position])}"
-        )
-    if max_length is not None:
-        too_long = (lengths > max_length).nonzero()
-        if too_long.numel() > 0:
-            position = int(too_long[0])
-            raise ValueError(
-                f"lengths[{position}] = {int(lengths[position])} exceeds the input's "
-                f"sequence length {max_length}"
-            )
 
 
 def pack_order(lengths: torch.Tensor) -> PackOrder:
@@ -75,17 +59,30 @@ def pack_order(lengths: torch.Tensor) -> PackOrder:
         The PackOrder: batch_sizes, sorted_indices, unsorted_indices and packed_rows.
 
     Raises:
-        TypeError, ValueError: as check_lengths.
+        TypeError, ValueError: lengths is not a 1-D int64 CPU tensor, is empty, or
+            has a length below 1; the message names the batch position.
     """
-    # The attribute checks stay here for their messages; the operator checks the values.
-    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64:
-        got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
-        raise TypeError(f"lengths must be an int64 tensor, got {got}")
-    if lengths.dim() != 1:
-        raise ValueError(f"lengths must have 1 dimension, got shape {tuple(lengths.shape)}")
-    if lengths.device.type != "cpu":
-        raise ValueError(f"lengths must be on the CPU, got {lengths.device}")
+    check_lengths_tensor(lengths)
     return PackOrder(*_pack_order(lengths))
+
+
+def padded_pack_order(lengths: torch.Tensor, num_steps: int):
+    """Compute the packed layout of a time-major padded (num_steps, N, .) batch.
+
+    Args:
+        lengths: int64 CPU (N,), each in [1, num_steps].
+        num_steps: L, the padded length.
+
+    Returns:
+        (batch_sizes, sorted_indices, unsorted_indices, source_rows), int64 CPU
+        tensors; source_rows[r] is the row of the padded input viewed as (L * N, .)
+        that packed row r comes from.
+
+    Raises:
+        TypeError, ValueError: as pack_order, or a length exceeds num_steps.
+    """
+    check_lengths_tensor(lengths)
+    return _padded_pack_order(lengths, num_steps)
 
 
 @torch.library.register_fake("seqlstm::pack_order")
@@ -97,6 +94,20 @@ def _pack_order_fake(lengths):
     num_sequences = lengths.shape[0]
     return (
         lengths.new_empty((num_steps,)),
+        lengths.new_empty((num_sequences,)),
+        lengths.new_empty((num_sequences,)),
+        lengths.new_empty((total,)),
+    )
+
+
+@torch.library.register_fake("seqlstm::padded_pack_order")
+def _padded_pack_order_fake(lengths, num_steps):
+    ctx = torch.library.get_ctx()
+    steps = ctx.new_dynamic_size()
+    total = ctx.new_dynamic_size()
+    num_sequences = lengths.shape[0]
+    return (
+        lengths.new_empty((steps,)),
         lengths.new_empty((num_sequences,)),
         lengths.new_empty((num_sequences,)),
         lengths.new_empty((total,)),

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import seqlstm
-from seqlstm.packing import pack_order
+from seqlstm.packing import pack_order, padded_pack_order
 
 
 @pytest.mark.parametrize("lengths", [[1], [3, 1, 4, 1, 5, 9, 2, 6], [2, 2, 2], [1, 7]])
@@ -23,6 +23,32 @@ def test_pack_order_matches_pack_sequence(lengths):
     assert torch.equal(order.sorted_indices, expected.sorted_indices)
     assert torch.equal(order.unsorted_indices, expected.unsorted_indices)
     assert torch.equal(packed, expected.data)
+
+
+@pytest.mark.parametrize("lengths,num_steps", [([1], 1), ([3, 1, 4, 1, 5], 6), ([2, 2], 2)])
+def test_padded_pack_order_matches_pack_padded_sequence(lengths, num_steps):
+    lengths = torch.tensor(lengths)
+    padded = torch.randn(num_steps, lengths.shape[0], 3, dtype=torch.float64)
+    expected = pack_padded_sequence(padded, lengths, enforce_sorted=False)
+
+    batch_sizes, sorted_indices, unsorted_indices, source_rows = padded_pack_order(
+        lengths, num_steps
+    )
+
+    assert torch.equal(batch_sizes, expected.batch_sizes)
+    assert torch.equal(sorted_indices, expected.sorted_indices)
+    assert torch.equal(unsorted_indices, expected.unsorted_indices)
+    assert torch.equal(padded.reshape(-1, 3)[source_rows], expected.data)
+
+
+def test_padded_pack_order_length_too_long():
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 4 exceeds the input's sequence length 3"):
+        padded_pack_order(torch.tensor([2, 4]), 3)
+
+
+def test_padded_pack_order_num_steps_zero():
+    with pytest.raises(ValueError, match="num_steps must be at least 1, got 0"):
+        padded_pack_order(torch.tensor([1]), 0)
 
 
 def test_pack_order_is_stable_for_equal_lengths():

@@ -139,6 +139,13 @@ namespace seqlstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
     const at::Tensor& lengths);
 
+// The same layout for a time-major padded (num_steps, N, .) input, each length at most
+// num_steps: (batch_sizes, sorted_indices, unsorted_indices, source_rows), where
+// source_rows[r] is the row of the padded input viewed as (num_steps * N, .) that
+// packed row r comes from.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> padded_pack_order_cpu(
+    const at::Tensor& lengths, int64_t num_steps);
+
 // Softmax cross-entropy summed over the rows of logits (N, C), and the number of rows
 // whose first argmax of logits differs from their class. The class of row n is the
 // first argmax of labels[n]. Returns (loss, errors), 0-d tensors of logits' dtype and

@@ -12,8 +12,19 @@
 
 namespace seqlstm {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
-    const at::Tensor& lengths_arg) {
+namespace {
+
+// The part of the packed layout that depends on the lengths only.
+struct SortedLengths {
+  at::Tensor batch_sizes;       // (L,)
+  at::Tensor sorted_indices;    // (N,)
+  at::Tensor unsorted_indices;  // (N,)
+  int64_t total;                // sum of the lengths
+};
+
+// Checks that every length is at least 1 and, when max_length is not negative, at most
+// max_length. Then sorts the lengths.
+SortedLengths sort_lengths(const at::Tensor& lengths_arg, int64_t max_length) {
   check_dim(lengths_arg, "lengths", 1);
   check_dtype(lengths_arg, "lengths", at::kLong);
   check_device_type(lengths_arg, "lengths", c10::DeviceType::CPU);
@@ -22,23 +33,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
                     "lengths must contain at least one sequence, got an empty batch");
   const at::Tensor lengths = lengths_arg.contiguous();
   const int64_t* length = lengths.const_data_ptr<int64_t>();
-  int64_t max_length = 0;
+  int64_t longest = 0;
   int64_t total = 0;
   for (int64_t n = 0; n < num_sequences; ++n) {
     TORCH_CHECK_VALUE(length[n] >= 1, "lengths[", n, "] must be at least 1, got ", length[n]);
-    max_length = std::max(max_length, length[n]);
+    TORCH_CHECK_VALUE(max_length < 0 || length[n] <= max_length, "lengths[", n, "] = ",
+                      length[n], " exceeds the input's sequence length ", max_length);
+    longest = std::max(longest, length[n]);
     total += length[n];
   }
 
   const auto options = lengths.options();
-  at::Tensor batch_sizes = at::empty({max_length}, options);
-  at::Tensor sorted_indices = at::empty({num_sequences}, options);
-  at::Tensor unsorted_indices = at::empty({num_sequences}, options);
-  at::Tensor packed_rows = at::empty({total}, options);
-  int64_t* batch_size = batch_sizes.data_ptr<int64_t>();
-  int64_t* sorted = sorted_indices.data_ptr<int64_t>();
-  int64_t* unsorted = unsorted_indices.data_ptr<int64_t>();
-  int64_t* packed_row = packed_rows.data_ptr<int64_t>();
+  SortedLengths sorted_lengths{at::empty({longest}, options), at::empty({num_sequences}, options),
+                               at::empty({num_sequences}, options), total};
+  int64_t* batch_size = sorted_lengths.batch_sizes.data_ptr<int64_t>();
+  int64_t* sorted = sorted_lengths.sorted_indices.data_ptr<int64_t>();
+  int64_t* unsorted = sorted_lengths.unsorted_indices.data_ptr<int64_t>();
 
   // Longest first, and equal lengths keep their input order, as torch.sort(stable=True).
   std::iota(sorted, sorted + num_sequences, int64_t{0});
@@ -56,26 +66,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
       batch_size[t] = k + 1;
     }
   }
+  return sorted_lengths;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
+    const at::Tensor& lengths) {
+  const SortedLengths sorted = sort_lengths(lengths, -1);
+  const int64_t* batch_size = sorted.batch_sizes.const_data_ptr<int64_t>();
+  const int64_t* unsorted = sorted.unsorted_indices.const_data_ptr<int64_t>();
+  const int64_t* length = lengths.contiguous().const_data_ptr<int64_t>();
+  at::Tensor packed_rows = at::empty({sorted.total}, lengths.options());
+  int64_t* packed_row = packed_rows.data_ptr<int64_t>();
 
   // Step t starts at packed row sum(batch_sizes[:t]), and sequence n is at its sorted
   // position within every step it is active in.
-  std::vector<int64_t> step_offset(max_length);
+  const int64_t num_steps = sorted.batch_sizes.size(0);
+  std::vector<int64_t> step_offset(num_steps);
   int64_t offset = 0;
-  for (int64_t t = 0; t < max_length; ++t) {
+  for (int64_t t = 0; t < num_steps; ++t) {
     step_offset[t] = offset;
     offset += batch_size[t];
   }
   int64_t row = 0;
-  for (int64_t n = 0; n < num_sequences; ++n) {
+  for (int64_t n = 0; n < lengths.size(0); ++n) {
     for (int64_t t = 0; t < length[n]; ++t) {
       packed_row[row++] = step_offset[t] + unsorted[n];
     }
   }
-  return {batch_sizes, sorted_indices, unsorted_indices, packed_rows};
+  return {sorted.batch_sizes, sorted.sorted_indices, sorted.unsorted_indices, packed_rows};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> padded_pack_order_cpu(
+    const at::Tensor& lengths, int64_t num_steps) {
+  TORCH_CHECK_VALUE(num_steps >= 1, "num_steps must be at least 1, got ", num_steps);
+  const SortedLengths sorted = sort_lengths(lengths, num_steps);
+  const int64_t* batch_size = sorted.batch_sizes.const_data_ptr<int64_t>();
+  const int64_t* sorted_index = sorted.sorted_indices.const_data_ptr<int64_t>();
+  const int64_t batch = lengths.size(0);
+  at::Tensor source_rows = at::empty({sorted.total}, lengths.options());
+  int64_t* source_row = source_rows.data_ptr<int64_t>();
+
+  // Packed row k of step t is sorted sequence k. Its batch position is
+  // n = sorted_indices[k], so its sample t is row t * N + n of the padded input.
+  int64_t row = 0;
+  for (int64_t t = 0; t < sorted.batch_sizes.size(0); ++t) {
+    for (int64_t k = 0; k < batch_size[t]; ++k) {
+      source_row[row++] = t * batch + sorted_index[k];
+    }
+  }
+  return {sorted.batch_sizes, sorted.sorted_indices, sorted.unsorted_indices, source_rows};
 }
 
 }  // namespace seqlstm
 
 TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
   m.impl("pack_order", &seqlstm::pack_order_cpu);
+  m.impl("padded_pack_order", &seqlstm::padded_pack_order_cpu);
 }
