@@ -60,6 +60,10 @@ def sweep_cases():
         (6, 5, 3, 7, 1, False, 3),
         (5, 8, 6, 9, 2, True, 4),
         (2, 4, 3, 3, 1, False, 1),
+        # Batches of at most 8 take the small per-step products on float: 32-, 8- and
+        # 1-column blocks (4*H = 100, P = 12, H = 25) and a single long sequence.
+        (8, 10, 20, 25, 1, False, 12),
+        (1, 30, 64, 64, 1, False, 0),
     ]
     generator = random.Random(1234)
     for _ in range(12):
