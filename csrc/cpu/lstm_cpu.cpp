@@ -317,59 +317,97 @@ SEQLSTM_VECTOR_CLONES void raw_hidden_rows_float(int64_t rows, int64_t H, const 
   raw_hidden_rows<float, VectorMath>(rows, H, gate, c, r);
 }
 
+// 8 floats; GCC's vector extension, lowered to AVX2 in the x86-64-v3 clone. Loads and
+// stores go through a pointer to the unaligned, aliasing variant: copying arrays of
+// vectors with memcpy kept the sums on the stack instead of in registers.
+using FloatVector = float __attribute__((vector_size(32)));
+using UnalignedFloatVector = float __attribute__((vector_size(32), aligned(4), may_alias));
+constexpr int64_t kVectorLanes = 8;
+
+// Writes through a reference rather than returning the vector, which GCC warns would
+// change the ABI of the clone built without AVX.
+C10_ALWAYS_INLINE void load_vector(FloatVector& value, const float* source) {
+  value = *reinterpret_cast<const UnalignedFloatVector*>(source);
+}
+
+C10_ALWAYS_INLINE void store_vector(float* target, FloatVector value) {
+  *reinterpret_cast<UnalignedFloatVector*>(target) = value;
+}
+
+// Rows [row, row + kRows) of small_gemm_float, columns [col, col + kVectors * 8). The
+// kRows * kVectors sums stay in registers over the k multiply-adds, enough independent
+// chains to hide the FMA latency.
+template <int kRows, int kVectors>
+C10_ALWAYS_INLINE void small_gemm_tile(int64_t row, int64_t col, int64_t k, const float* a,
+                                       int64_t lda, const float* b, int64_t ldb,
+                                       bool accumulate, float* c, int64_t ldc) {
+  FloatVector sum[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVectors; ++v) {
+      sum[r][v] = FloatVector{};
+      if (accumulate) {
+        load_vector(sum[r][v], c + (row + r) * ldc + col + v * kVectorLanes);
+      }
+    }
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    const float* b_row = b + p * ldb + col;
+    for (int r = 0; r < kRows; ++r) {
+      const float x = a[(row + r) * lda + p];
+      for (int v = 0; v < kVectors; ++v) {
+        FloatVector b_value;
+        load_vector(b_value, b_row + v * kVectorLanes);
+        sum[r][v] += x * b_value;
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVectors; ++v) {
+      store_vector(c + (row + r) * ldc + col + v * kVectorLanes, sum[r][v]);
+    }
+  }
+}
+
+// Rows [row, row + kRows) of small_gemm_float, every column: 32, then 8 columns at a
+// time, then one.
+template <int kRows>
+C10_ALWAYS_INLINE void small_gemm_rows(int64_t row, int64_t n, int64_t k, const float* a,
+                                       int64_t lda, const float* b, int64_t ldb,
+                                       bool accumulate, float* c, int64_t ldc) {
+  int64_t col = 0;
+  for (; col + 4 * kVectorLanes <= n; col += 4 * kVectorLanes) {
+    small_gemm_tile<kRows, 4>(row, col, k, a, lda, b, ldb, accumulate, c, ldc);
+  }
+  for (; col + kVectorLanes <= n; col += kVectorLanes) {
+    small_gemm_tile<kRows, 1>(row, col, k, a, lda, b, ldb, accumulate, c, ldc);
+  }
+  for (; col < n; ++col) {
+    for (int r = 0; r < kRows; ++r) {
+      float* c_value = c + (row + r) * ldc + col;
+      float sum = accumulate ? *c_value : 0.0f;
+      for (int64_t p = 0; p < k; ++p) {
+        sum += a[(row + r) * lda + p] * b[p * ldb + col];
+      }
+      *c_value = sum;
+    }
+  }
+}
+
 // C (m, n) = A (m, k) B (k, n), plus C itself when `accumulate`, all row-major with row
 // strides lda, ldb and ldc. It serves the per-step products of small batches, where a
-// BLAS call costs more than its arithmetic: each row of C is built in registers, 32,
-// then 8 columns at a time, from k broadcast multiply-adds of the rows of B.
+// BLAS call costs more than its arithmetic. Three rows of C at a time are built in
+// registers from broadcast multiply-adds of the rows of B.
 SEQLSTM_VECTOR_CLONES void small_gemm_float(int64_t m, int64_t n, int64_t k, const float* a,
                                             int64_t lda, const float* b, int64_t ldb,
                                             bool accumulate, float* c, int64_t ldc) {
-  using Vector = float __attribute__((vector_size(32)));
-  constexpr int64_t kLanes = 8;
-  // Through memory rather than a return value: a vector return would change the ABI of
-  // the clone built without AVX.
-  auto load = [](Vector& value, const float* source) {
-    std::memcpy(&value, source, sizeof(value));
-  };
-  for (int64_t row = 0; row < m; ++row) {
-    const float* a_row = a + row * lda;
-    float* c_row = c + row * ldc;
-    int64_t col = 0;
-    for (; col + 4 * kLanes <= n; col += 4 * kLanes) {
-      Vector sum[4] = {};
-      if (accumulate) {
-        std::memcpy(sum, c_row + col, sizeof(sum));
-      }
-      for (int64_t p = 0; p < k; ++p) {
-        const float* b_row = b + p * ldb + col;
-        const float x = a_row[p];
-        for (int v = 0; v < 4; ++v) {
-          Vector b_value;
-          load(b_value, b_row + v * kLanes);
-          sum[v] += x * b_value;
-        }
-      }
-      std::memcpy(c_row + col, sum, sizeof(sum));
-    }
-    for (; col + kLanes <= n; col += kLanes) {
-      Vector sum = {};
-      if (accumulate) {
-        load(sum, c_row + col);
-      }
-      for (int64_t p = 0; p < k; ++p) {
-        Vector b_value;
-        load(b_value, b + p * ldb + col);
-        sum += a_row[p] * b_value;
-      }
-      std::memcpy(c_row + col, &sum, sizeof(sum));
-    }
-    for (; col < n; ++col) {
-      float sum = accumulate ? c_row[col] : 0.0f;
-      for (int64_t p = 0; p < k; ++p) {
-        sum += a_row[p] * b[p * ldb + col];
-      }
-      c_row[col] = sum;
-    }
+  int64_t row = 0;
+  for (; row + 3 <= m; row += 3) {
+    small_gemm_rows<3>(row, n, k, a, lda, b, ldb, accumulate, c, ldc);
+  }
+  if (m - row == 2) {
+    small_gemm_rows<2>(row, n, k, a, lda, b, ldb, accumulate, c, ldc);
+  } else if (m - row == 1) {
+    small_gemm_rows<1>(row, n, k, a, lda, b, ldb, accumulate, c, ldc);
   }
 }
 
@@ -424,8 +462,9 @@ void small_gemm<float>(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
 // most kSmallBatch sequences on the small-hidden path.
 template <typename scalar_t>
 bool use_small_products(Algorithm algorithm, const LstmSizes& sizes) {
-  // At N = 1 and 4 it took a quarter less time than MKL's sgemm per forward and
-  // backward; at N = 44 it took a sixth more (H = 25 and 64, one thread, AMD EPYC).
+  // At N = 1 and 4 it took a fifth to a quarter less time than MKL's sgemm per forward
+  // and backward; at N = 44 it took about a tenth more (H = 25 and 64, one thread, AMD
+  // EPYC), partly because its last n % 8 columns run one float at a time.
   constexpr int64_t kSmallBatch = 8;
   return std::is_same_v<scalar_t, float> && algorithm == Algorithm::kSmallHidden &&
          sizes.batch_size <= kSmallBatch;
