@@ -8,6 +8,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Context.h>
 #include <ATen/ops/_sparse_coo_tensor_unsafe.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -85,8 +86,10 @@ class EmbeddingBagFunction : public torch::autograd::Function<EmbeddingBagFuncti
                                                  optional_tensor(scale), optional_tensor(order),
                                                  num_embeddings);
         const std::vector<c10::SymInt> size{num_embeddings, grad_output.sym_size(1)};
+        // A copy of the indices, so that a caller who refills its index buffer after
+        // backward does not change the gradient.
         grad_weight = at::_sparse_coo_tensor_unsafe_symint(
-            indices.unsqueeze(0), values, size, values.options().layout(at::kSparse));
+            indices.unsqueeze(0).clone(), values, size, values.options().layout(at::kSparse));
       } else {
         static const auto backward_op =
             c10::Dispatcher::singleton()
@@ -125,4 +128,8 @@ at::Tensor embedding_bag_forward_autograd(const at::Tensor& weight, const at::Te
 
 TORCH_LIBRARY_IMPL(seqlstm, Autograd, m) {
   m.impl("embedding_bag_forward", &seqlstm::embedding_bag_forward_autograd);
+  // The backward operators have no derivative. These kernels make a second backward
+  // through them raise an error naming the operator instead of returning wrong gradients.
+  m.impl("embedding_bag_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("embedding_bag_backward_values", torch::autograd::autogradNotImplementedFallback());
 }

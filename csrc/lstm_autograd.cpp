@@ -6,6 +6,7 @@
 // H = 25 (torch 2.14, one thread, 2-core AMD EPYC), a third of the CPU kernels' time.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros_like.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -104,4 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
 
 TORCH_LIBRARY_IMPL(seqlstm, Autograd, m) {
   m.impl("lstm_forward", &seqlstm::lstm_forward_autograd);
+  // lstm_backward has no derivative. This kernel makes a second backward through it
+  // raise an error naming the operator instead of returning wrong gradients.
+  m.impl("lstm_backward", torch::autograd::autogradNotImplementedFallback());
 }

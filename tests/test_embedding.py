@@ -94,6 +94,35 @@ def test_sparse_embedding_module_trains_like_dense():
     torch.testing.assert_close(modules[1].weight, modules[0].weight, rtol=1e-6, atol=1e-6)
 
 
+def test_sparse_gradient_keeps_its_indices():
+    weight = torch.randn(8, 2, requires_grad=True)
+    indices = torch.tensor([1, 2, 2])
+    offsets = torch.tensor([0, 1, 3])
+    torch.ops.seqlstm.embedding_bag_forward(weight, indices, offsets, None, None, True).sum().backward()
+    # A loader that refills its index buffer after backward leaves the gradient alone.
+    indices.copy_(torch.tensor([6, 7, 7]))
+    assert weight.grad._indices()[0].tolist() == [1, 2, 2]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_double_backward_raises(sparse):
+    weight = torch.randn(8, 3, requires_grad=True)
+    indices = torch.tensor([1, 2, 2, 5])
+    offsets = torch.tensor([0, 2, 4])
+    output = torch.ops.seqlstm.embedding_bag_forward(weight, indices, offsets, None, None, sparse)
+    (grad,) = torch.autograd.grad(output.pow(3).sum(), weight, create_graph=True)
+    grad = grad.to_dense() if sparse else grad
+    with pytest.raises(RuntimeError, match="embedding_bag_backward"):
+        grad.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weight_rejected_on_cpu(dtype):
+    embedding = seqlstm.SparseEmbedding(5, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="weight must have dtype float32 or float64 on CPU"):
+        embedding(torch.tensor([0, 4]), torch.tensor([0, 1, 2]))
+
+
 def test_output_order_permutes_rows():
     weight = torch.randn(6, 4, dtype=torch.float64)
     indices = torch.tensor([0, 3, 5, 1])

@@ -306,6 +306,15 @@ def test_gradcheck_without_bias():
     assert torch.autograd.gradcheck(forward, arguments)
 
 
+def test_double_backward_raises():
+    lstm = seqlstm.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    output, _ = lstm(x)
+    (grad,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="lstm_backward"):
+        grad.pow(2).sum().backward()
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_opcheck_forward(requires_grad, proj_size):

@@ -75,6 +75,14 @@ inline void check_device_type(const at::Tensor& tensor, const char* name,
                     tensor.device());
 }
 
+// NOTE: the CPU kernels run float32 and float64 only; other floating dtypes raise
+// TypeError naming the argument.
+inline void check_cpu_dtype(const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK_TYPE(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble,
+                   name, " must have dtype float32 or float64 on CPU, got ",
+                   tensor.scalar_type());
+}
+
 }  // namespace seqlstm
 
 namespace seqlstm {

@@ -57,6 +57,7 @@ at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight_arg, const at::Ten
   const EmbeddingBagInputs inputs =
       prepare_embedding_bag_inputs(weight_arg, "weight", indices_arg, offsets_arg,
                                    per_sample_weights_arg, output_order_arg, c10::DeviceType::CPU);
+  check_cpu_dtype(weight_arg, "weight");
   const at::Tensor& weight = inputs.table;
   const at::Tensor& indices = inputs.indices;
   const at::Tensor& offsets = inputs.offsets;
@@ -108,6 +109,7 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output_arg,
       grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_arg,
       output_order_arg, c10::DeviceType::CPU);
   check_embedding_bag_grad_output(grad_output_arg, offsets_arg, num_embeddings);
+  check_cpu_dtype(grad_output_arg, "grad_output");
   const at::Tensor& grad_output = inputs.table;
   const at::Tensor& indices = inputs.indices;
   const at::Tensor& offsets = inputs.offsets;
@@ -153,6 +155,7 @@ at::Tensor embedding_bag_backward_values_cpu(
       grad_output_arg, "grad_output", indices_arg, offsets_arg, per_sample_weights_arg,
       output_order_arg, c10::DeviceType::CPU);
   check_embedding_bag_grad_output(grad_output_arg, offsets_arg, num_embeddings);
+  check_cpu_dtype(grad_output_arg, "grad_output");
   const at::Tensor& grad_output = inputs.table;
   const at::Tensor& offsets = inputs.offsets;
   const at::Tensor& per_sample_weights = inputs.per_sample_weights;

@@ -151,13 +151,6 @@ void for_rows(bool parallel, int64_t rows, int64_t work_per_row, const Body& bod
 }
 
 
-// NOTE: the CPU kernels run float32 and float64 only; other floating dtypes raise
-// TypeError naming input's dtype.
-void check_cpu_dtype(const at::Tensor& input) {
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-                   "input must have dtype float32 or float64 on CPU, got ", input.scalar_type());
-}
-
 Algorithm resolve_algorithm(int64_t algorithm, const LstmSizes& sizes) {
   TORCH_CHECK_VALUE(algorithm >= 0 && algorithm <= 2,
                     "algorithm must be 0 (pick by shape), 1 (per-step path) or 2 (small-hidden "
@@ -681,7 +674,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                                           weight_ih_arg, weight_hh_arg, bias_given,
                                           weight_hr_given);
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
-  check_cpu_dtype(input_arg);
+  check_cpu_dtype(input_arg, "input");
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
 
   const at::Tensor input = input_arg.contiguous();
@@ -723,7 +716,7 @@ lstm_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n_
   check_lstm_backward_args(sizes, input_arg, grad_output_arg, grad_h_n_arg, grad_c_n_arg,
                            output_arg, gates_arg, cell_arg);
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
-  check_cpu_dtype(input_arg);
+  check_cpu_dtype(input_arg, "input");
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
 
   const at::Tensor input = input_arg.contiguous();
