@@ -323,7 +323,7 @@ C10_ALWAYS_INLINE void load_vector(FloatVector& value, const float* source) {
   value = *reinterpret_cast<const UnalignedFloatVector*>(source);
 }
 
-C10_ALWAYS_INLINE void store_vector(float* target, FloatVector value) {
+C10_ALWAYS_INLINE void store_vector(float* target, const FloatVector& value) {
   *reinterpret_cast<UnalignedFloatVector*>(target) = value;
 }
 
