@@ -4,7 +4,7 @@ reference model, in one process and one run, and print both times and their rati
 
 Both models start from the same weights and train on the same minibatches, read once
 before timing. Each repeat runs the whole job with one model, then with the other, so
-that both see about the same load on a shared machine; the script prints the median
+that both see about the same load on a shared machine. The script prints the median
 of the repeats. Before timing, it checks that the two models' losses agree on the
 first minibatches.
 

@@ -75,7 +75,7 @@ def padded_pack_order(lengths: torch.Tensor, num_steps: int):
 
     Returns:
         (batch_sizes, sorted_indices, unsorted_indices, source_rows), int64 CPU
-        tensors; source_rows[r] is the row of the padded input viewed as (L * N, .)
+        tensors. source_rows[r] is the row of the padded input, viewed as (L * N, .),
         that packed row r comes from.
 
     Raises:

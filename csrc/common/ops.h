@@ -13,8 +13,8 @@ namespace seqlstm {
 // Sparse-embedding gather: output row output_order[s] (or s) of sample s is
 //   sum over k in [offsets[s], offsets[s+1]) of per_sample_weights[k] * weight[indices[k]].
 // Returns (num_samples, embedding_dim) with weight's dtype.
-// `sparse` only tells the autograd kernel which form of weight gradient to return:
-// dense from embedding_bag_backward, or sparse from embedding_bag_backward_values.
+// `sparse` selects the weight gradient that the autograd kernel returns, dense from
+// embedding_bag_backward or sparse from embedding_bag_backward_values. The kernels ignore it.
 at::Tensor embedding_bag_forward_cpu(const at::Tensor& weight, const at::Tensor& indices,
                                      const at::Tensor& offsets,
                                      const std::optional<at::Tensor>& per_sample_weights,
@@ -30,10 +30,11 @@ at::Tensor embedding_bag_backward_cpu(const at::Tensor& grad_output, const at::T
                                       const std::optional<at::Tensor>& output_order,
                                       int64_t num_embeddings, bool deterministic);
 
-// The weight gradient as one row per non-zero, for a sparse COO gradient with indices
-// as its row indices: values[k] = per_sample_weights[k] * grad_output[row of k's sample].
-// Returns (nnz, embedding_dim); duplicate indices stay separate rows, summed by whoever
-// adds the sparse gradient to a dense tensor.
+// Computes the weight gradient as one row per non-zero, the values of a sparse COO
+// gradient whose row indices are `indices`:
+//   values[k] = per_sample_weights[k] * grad_output[output row of k's sample].
+// Returns (nnz, embedding_dim). Duplicate indices stay separate rows, and adding the
+// sparse gradient to a dense tensor sums them.
 at::Tensor embedding_bag_backward_values_cpu(const at::Tensor& grad_output,
                                              const at::Tensor& indices,
                                              const at::Tensor& offsets,

@@ -327,9 +327,9 @@ C10_ALWAYS_INLINE void store_vector(float* target, const FloatVector& value) {
   *reinterpret_cast<UnalignedFloatVector*>(target) = value;
 }
 
-// Rows [row, row + kRows) of small_gemm_float, columns [col, col + kVectors * 8). The
-// kRows * kVectors sums stay in registers over the k multiply-adds, enough independent
-// chains to hide the FMA latency.
+// Computes rows [row, row + kRows) and columns [col, col + kVectors * 8) of
+// small_gemm_float. The kRows * kVectors sums stay in registers over the k multiply-adds,
+// so the multiply-adds of different sums overlap (12 of them in the 3-row, 32-column tile).
 template <int kRows, int kVectors>
 C10_ALWAYS_INLINE void small_gemm_tile(int64_t row, int64_t col, int64_t k, const float* a,
                                        int64_t lda, const float* b, int64_t ldb,
@@ -361,8 +361,8 @@ C10_ALWAYS_INLINE void small_gemm_tile(int64_t row, int64_t col, int64_t k, cons
   }
 }
 
-// Rows [row, row + kRows) of small_gemm_float, every column: 32, then 8 columns at a
-// time, then one.
+// Computes rows [row, row + kRows) of small_gemm_float: 32 columns at a time, then 8,
+// then the last columns one at a time.
 template <int kRows>
 C10_ALWAYS_INLINE void small_gemm_rows(int64_t row, int64_t n, int64_t k, const float* a,
                                        int64_t lda, const float* b, int64_t ldb,
