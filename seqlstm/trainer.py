@@ -297,7 +297,7 @@ class Trainer:
                 self.printer.report_value(
                     "momentum", describe_value("Momentum", self.momentum_unit, momentum)
                 )
-        self.optimizer.step(int(sequences), lr, momentum)
+        self.optimizer.update(int(sequences), lr, momentum)
         self.state.minibatches = number
         self.state.samples_seen += int(sequences)
         self.state.last_metric = error_sum / sequences if sequences else 0.0
