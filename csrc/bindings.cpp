@@ -40,6 +40,12 @@ TORCH_LIBRARY(seqlstm, m) {
       "(Tensor grad_input, Tensor grad_h_0, Tensor grad_c_0, Tensor grad_weight_ih, "
       "Tensor grad_weight_hh, Tensor grad_bias, Tensor grad_weight_hr)");
   m.def(
+      "lstm_layer(Tensor input, Tensor batch_sizes, Tensor? sorted_indices, "
+      "Tensor? unsorted_indices, Tensor? h_0, Tensor? c_0, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, "
+      "int algorithm=0) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
+      "Tensor cell)");
+  m.def(
       "pack_order(Tensor lengths) -> (Tensor batch_sizes, Tensor sorted_indices, "
       "Tensor unsorted_indices, Tensor packed_rows)");
   m.def(

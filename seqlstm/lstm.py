@@ -16,7 +16,7 @@ from seqlstm import ops  # noqa: F401  (registers the operators' autograd)
 from seqlstm.packing import check_lengths_tensor
 
 # The operators' only overloads, called directly to skip the overload lookup per call.
-_lstm_forward = torch.ops.seqlstm.lstm_forward.default
+_lstm_layer = torch.ops.seqlstm.lstm_layer.default
 _padded_pack_order = torch.ops.seqlstm.padded_pack_order.default
 
 
@@ -269,11 +269,10 @@ class LSTM(nn.Module):
                 f"{data.shape[-1] if data.dim() else 'a scalar'}"
             )
 
-        h_0, c_0 = self._initial_state(hx, batch_size, data, unbatched, sorted_indices)
-        output, h_n, c_n = self._run_layers(data, batch_sizes, h_0, c_0)
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-            c_n = c_n.index_select(1, unsorted_indices)
+        h_0, c_0 = self._initial_state(hx, batch_size, unbatched)
+        output, h_n, c_n = self._run_layers(
+            data, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0
+        )
 
         if packed_input:
             output = PackedSequence(
@@ -294,13 +293,15 @@ class LSTM(nn.Module):
                 c_n = c_n.squeeze(1)
         return output, (h_n, c_n)
 
-    def _initial_state(self, hx, batch_size, data, unbatched, sorted_indices):
+    def _initial_state(self, hx, batch_size, unbatched):
+        """Return hx checked, in the caller's order with the N axis; (None, None) for
+        zeros."""
+        if hx is None:
+            return None, None
         num_directions = 2 if self.bidirectional else 1
         output_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         h_shape = (self.num_layers * num_directions, batch_size, output_size)
         c_shape = (self.num_layers * num_directions, batch_size, self.hidden_size)
-        if hx is None:
-            return data.new_zeros(h_shape), data.new_zeros(c_shape)
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(
                 f"hx must be a pair (h_0, c_0) of tensors, got {type(hx).__name__}"
@@ -313,12 +314,12 @@ class LSTM(nn.Module):
             raise ValueError(f"h_0 must have shape {h_shape}, got {tuple(h_0.shape)}")
         if tuple(c_0.shape) != c_shape:
             raise ValueError(f"c_0 must have shape {c_shape}, got {tuple(c_0.shape)}")
-        if sorted_indices is not None:
-            h_0 = h_0.index_select(1, sorted_indices)
-            c_0 = c_0.index_select(1, sorted_indices)
         return h_0, c_0
 
-    def _run_layers(self, data, batch_sizes, h_0, c_0):
+    def _run_layers(self, data, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0):
+        """Run every layer and direction on the packed rows `data`; return the last
+        layer's output rows and h_n, c_n in the caller's order. h_0 and c_0 are None
+        for zeros."""
         num_directions = 2 if self.bidirectional else 1
         reverse_rows = None
         if self.bidirectional:
@@ -333,18 +334,20 @@ class LSTM(nn.Module):
                 weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
                     None if name is None else getattr(self, name) for name in names
                 )
-                bias = None if bias_ih is None else bias_ih + bias_hh
                 direction_input = (
                     layer_input if direction == 0 else layer_input[reverse_rows]
                 )
-                output, h, c, _, _ = _lstm_forward(
+                output, h, c, _, _ = _lstm_layer(
                     direction_input,
                     batch_sizes,
-                    h_0[state],
-                    c_0[state],
+                    sorted_indices,
+                    unsorted_indices,
+                    None if h_0 is None else h_0[state],
+                    None if c_0 is None else c_0[state],
                     weight_ih,
                     weight_hh,
-                    bias,
+                    bias_ih,
+                    bias_hh,
                     weight_hr,
                     self.algorithm,
                 )

@@ -100,6 +100,10 @@ def test_kernels_registered_for_cuda():
     for op in ("lstm_forward", "lstm_backward", "embedding_bag_forward",
                "embedding_bag_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"seqlstm::{op}", "CUDA"), op
+    # lstm_layer has one kernel for every backend, which calls lstm_forward.
+    assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(
+        "seqlstm::lstm_layer", "CUDA"
+    )
 
 
 @requires_cuda

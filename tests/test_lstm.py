@@ -334,6 +334,98 @@ def test_opcheck_backward(proj_size):
     )
 
 
+def layer_arguments(dtype, proj_size=0, states=True, order=True, requires_grad=True):
+    """Arguments of lstm_layer for the batch of op_arguments, whose caller's order is
+    (3, 0, 2, 1) in the packed order when `order`; h_0 and c_0 are None unless `states`."""
+    input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr = op_arguments(
+        dtype, proj_size=proj_size, requires_grad=requires_grad
+    )
+    bias_hh = (torch.randn_like(bias) * 0.5).requires_grad_(requires_grad)
+    sorted_indices = torch.tensor([3, 0, 2, 1]) if order else None
+    unsorted_indices = torch.tensor([1, 3, 2, 0]) if order else None
+    return (
+        input, batch_sizes, sorted_indices, unsorted_indices,
+        h_0 if states else None, c_0 if states else None,
+        weight_ih, weight_hh, bias, bias_hh, weight_hr,
+    )
+
+
+def layer_by_composition(input, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0,
+                         weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
+    """lstm_layer written with torch operators around lstm_forward."""
+    output_size = weight_hh.shape[1]
+    batch_size = int(batch_sizes[0])
+    if h_0 is None:
+        h_0 = input.new_zeros(batch_size, output_size)
+        c_0 = input.new_zeros(batch_size, weight_hh.shape[0] // 4)
+    if sorted_indices is not None:
+        h_0, c_0 = h_0[sorted_indices], c_0[sorted_indices]
+    output, h_n, c_n, _, _ = torch.ops.seqlstm.lstm_forward(
+        input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias_ih + bias_hh, weight_hr, 0
+    )
+    if unsorted_indices is not None:
+        h_n, c_n = h_n[unsorted_indices], c_n[unsorted_indices]
+    return output, h_n, c_n
+
+
+@pytest.mark.parametrize("order", [False, True])
+@pytest.mark.parametrize("states", [False, True])
+def test_layer_matches_composition(order, states):
+    arguments = layer_arguments(torch.float64, proj_size=2, states=states, order=order)
+    expected = layer_by_composition(*arguments)
+    actual = torch.ops.seqlstm.lstm_layer(*arguments, 0)
+    weights = [torch.randn(tensor.shape, dtype=torch.float64) for tensor in expected]
+    expected_grads = torch.autograd.grad(
+        sum((t * w).sum() for t, w in zip(expected, weights)),
+        [a for a in arguments if a is not None and a.requires_grad],
+    )
+    actual_grads = torch.autograd.grad(
+        sum((t * w).sum() for t, w in zip(actual[:3], weights)),
+        [a for a in arguments if a is not None and a.requires_grad],
+    )
+    for name, a, e in zip(["output", "h_n", "c_n"], actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+    for a, e in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    with torch.inference_mode():
+        inferred = torch.ops.seqlstm.lstm_layer(*arguments, 0)
+    for a, e in zip(inferred, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("proj_size", [0, 2])
+@pytest.mark.parametrize("states", [False, True])
+def test_layer_gradcheck_float64(proj_size, states):
+    arguments = layer_arguments(torch.float64, proj_size=proj_size, states=states)
+
+    def forward(*tensors):
+        return torch.ops.seqlstm.lstm_layer(*tensors, 0)[:3]
+
+    assert torch.autograd.gradcheck(forward, arguments)
+
+
+def test_layer_gradient_of_unused_final_states_is_zero():
+    arguments = layer_arguments(torch.float64)
+    output, h_n, c_n, _, _ = torch.ops.seqlstm.lstm_layer(*arguments, 0)
+    # Only h_n of the caller's sequence 1 (packed position 3, length 1) takes a gradient.
+    grads = torch.autograd.grad(h_n[1].sum(), [arguments[0], arguments[4], arguments[5]])
+    grad_input, grad_h_0, grad_c_0 = grads
+    assert grad_input[3].abs().sum() > 0  # its one row, in step 0
+    assert grad_input[[0, 1, 2, 4, 5, 6, 7, 8, 9, 10]].abs().sum() == 0
+    assert grad_h_0[1].abs().sum() > 0 and grad_h_0[[0, 2, 3]].abs().sum() == 0
+    assert grad_c_0[1].abs().sum() > 0 and grad_c_0[[0, 2, 3]].abs().sum() == 0
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("states", [False, True])
+@pytest.mark.parametrize("order", [False, True])
+def test_opcheck_layer(requires_grad, states, order):
+    arguments = layer_arguments(
+        torch.float32, proj_size=2, states=states, order=order, requires_grad=requires_grad
+    )
+    torch.library.opcheck(torch.ops.seqlstm.lstm_layer, arguments + (0,))
+
+
 def test_algorithms_agree():
     arguments = op_arguments(torch.float64, proj_size=3, requires_grad=False)
     results = [torch.ops.seqlstm.lstm_forward(*arguments, algorithm)

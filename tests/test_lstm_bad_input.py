@@ -201,6 +201,90 @@ def test_backward_output_wrong_shape():
 # seqlstm.LSTM
 
 
+def call_layer(**replace):
+    """lstm_layer on forward_arguments' batch, in the caller's order (2, 0, 1), with
+    the named arguments replaced."""
+    forward = forward_arguments()
+    arguments = {
+        "input": forward["input"],
+        "batch_sizes": forward["batch_sizes"],
+        "sorted_indices": torch.tensor([1, 2, 0]),
+        "unsorted_indices": torch.tensor([2, 0, 1]),
+        "h_0": None,
+        "c_0": None,
+        "weight_ih": forward["weight_ih"],
+        "weight_hh": forward["weight_hh"],
+        "bias_ih": torch.randn(16),
+        "bias_hh": torch.randn(16),
+        "weight_hr": forward["weight_hr"],
+        "algorithm": 0,
+    }
+    arguments.update(replace)
+    return torch.ops.seqlstm.lstm_layer(**arguments)
+
+
+def test_layer_valid_arguments_pass():
+    output, h_n, c_n, gates, cell = call_layer(h_0=torch.zeros(3, 2), c_0=torch.zeros(3, 4))
+    assert output.shape == (7, 2) and h_n.shape == (3, 2) and c_n.shape == (3, 4)
+
+
+def test_layer_sorted_indices_without_unsorted():
+    with pytest.raises(ValueError, match="must be given together, got sorted_indices only"):
+        call_layer(unsorted_indices=None)
+
+
+def test_layer_unsorted_indices_without_sorted():
+    with pytest.raises(ValueError, match="must be given together, got unsorted_indices only"):
+        call_layer(sorted_indices=None)
+
+
+def test_layer_sorted_indices_wrong_length():
+    message = r"sorted_indices must have shape \(batch_sizes\[0\],\) = \(3,\), got \(2,\)"
+    with pytest.raises(ValueError, match=message):
+        call_layer(sorted_indices=torch.tensor([0, 1]))
+
+
+def test_layer_unsorted_indices_wrong_dtype():
+    with pytest.raises(TypeError, match="unsorted_indices must have dtype Long, got Int"):
+        call_layer(unsorted_indices=torch.tensor([2, 0, 1], dtype=torch.int32))
+
+
+def test_layer_h_0_wrong_rows():
+    message = r"h_0 must have one row per sequence \(batch_sizes\[0\] = 3\), got shape \(2, 2\)"
+    with pytest.raises(ValueError, match=message):
+        call_layer(h_0=torch.zeros(2, 2))
+
+
+def test_layer_c_0_not_2d():
+    with pytest.raises(ValueError, match="c_0 must have 2 dimensions, got 1"):
+        call_layer(c_0=torch.zeros(4))
+
+
+def test_layer_bias_hh_wrong_shape():
+    # A (1,) bias would broadcast in a plain sum; the operator refuses it.
+    message = r"bias_hh must have shape \(4\*hidden_size,\) = \(16,\), got \(1,\)"
+    with pytest.raises(ValueError, match=message):
+        call_layer(bias_hh=torch.randn(1))
+
+
+def test_layer_bias_ih_wrong_dtype():
+    message = r"bias_ih must have the same dtype as input \(Float\), got Double"
+    with pytest.raises(TypeError, match=message):
+        call_layer(bias_ih=torch.randn(16, dtype=torch.float64))
+
+
+def test_layer_empty_batch_sizes():
+    with pytest.raises(ValueError, match="batch_sizes must have at least one step"):
+        call_layer(batch_sizes=torch.zeros(0, dtype=torch.int64), sorted_indices=None,
+                   unsorted_indices=None)
+
+
+def test_layer_zero_batch_size_names_batch_sizes():
+    with pytest.raises(ValueError, match=r"batch_sizes\[0\] must be positive, got 0"):
+        call_layer(input=torch.randn(0, 5), batch_sizes=torch.tensor([0]), sorted_indices=None,
+                   unsorted_indices=None)
+
+
 def test_module_length_zero_names_position():
     module = seqlstm.LSTM(3, 4)
     with pytest.raises(ValueError, match=r"lengths\[2\] must be at least 1, got 0"):
