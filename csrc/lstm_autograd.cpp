@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "common/checks.h"
@@ -123,7 +124,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
 // lstm_layer: lstm_forward in the caller's sequence order.
 //   sorted_indices, unsorted_indices: (N,) int64, both or neither; sequence k of the
 //     packed batch is the caller's sequence sorted_indices[k], and unsorted_indices is
-//     the inverse permutation (a PackedSequence's two index tensors).
+//     the inverse permutation (a PackedSequence's two index tensors). The backward
+//     reorders gradients with one where the forward used the other, so it relies on
+//     this; CPU indices are checked, CUDA ones are not (that would wait for the GPU).
 //   h_0 (N, P), c_0 (N, H): in the caller's order; undefined means zeros.
 //   bias_ih, bias_hh: (4*H,) each, or undefined; the kernel takes their sum.
 // Returns output, gates and cell as lstm_forward does (packed rows), and h_n (N, P) and
@@ -148,6 +151,26 @@ void check_order_indices(const at::Tensor& indices, const char* name, const at::
                     shape_string(indices.sizes()));
 }
 
+// Checks that `unsorted` is the inverse permutation of `sorted`, both CPU tensors of
+// batch_size entries.
+void check_inverse_permutation(const at::Tensor& sorted_arg, const at::Tensor& unsorted_arg,
+                               int64_t batch_size) {
+  const at::Tensor sorted = sorted_arg.contiguous();
+  const at::Tensor unsorted = unsorted_arg.contiguous();
+  const int64_t* forward = sorted.const_data_ptr<int64_t>();
+  const int64_t* inverse = unsorted.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < batch_size; ++k) {
+    const int64_t caller = forward[k];
+    TORCH_CHECK_VALUE(caller >= 0 && caller < batch_size && inverse[caller] == k,
+                      "unsorted_indices must be the inverse permutation of sorted_indices, "
+                      "but sorted_indices[", k, "] = ", caller,
+                      caller >= 0 && caller < batch_size
+                          ? " and unsorted_indices[" + std::to_string(caller) +
+                                "] = " + std::to_string(inverse[caller])
+                          : std::string(" is outside [0, batch_sizes[0])"));
+  }
+}
+
 void check_layer_bias(const at::Tensor& bias, const char* name, const at::Tensor& input,
                       const at::Tensor& weight_hh) {
   check_shape(bias, name, {weight_hh.size(0)}, "(4*hidden_size,)");
@@ -158,14 +181,6 @@ void check_layer_bias(const at::Tensor& bias, const char* name, const at::Tensor
 // Initial state `state`, given in the caller's order, in the packed order.
 at::Tensor packed_state(const at::Tensor& state, const at::Tensor& sorted_indices) {
   return sorted_indices.defined() ? state.index_select(0, sorted_indices) : state;
-}
-
-// The gradient of `values.index_select(0, indices)` with respect to `values` (of
-// `rows` rows), given the gradient of the selection. index_add sums repeated indices,
-// so this holds for any indices, not only permutations.
-at::Tensor index_select_backward(const at::Tensor& grad, const at::Tensor& indices,
-                                 const at::Tensor& like_values) {
-  return at::zeros_like(like_values).index_add_(0, indices, grad);
 }
 
 // The kernel for every backend: checks what lstm_forward does not, then calls it.
@@ -194,6 +209,9 @@ LstmLayerResult lstm_layer_kernel(
   if (sorted_indices.defined()) {
     check_order_indices(sorted_indices, "sorted_indices", input, batch_size);
     check_order_indices(unsorted_indices, "unsorted_indices", input, batch_size);
+    if (sorted_indices.is_cpu()) {
+      check_inverse_permutation(sorted_indices, unsorted_indices, batch_size);
+    }
   }
   check_dim(weight_hh, "weight_hh", 2);
   const int64_t hidden_size = weight_hh.size(0) / 4;
@@ -299,12 +317,12 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     const at::Tensor& c_n = saved[11];
     const at::Tensor& sorted = saved[12];
     const at::Tensor& unsorted = saved[13];
-    // Final states (caller's order) and their gradients in the packed order.
+    // A final state's gradient in the packed order, zeros where none flows.
     auto packed_grad = [&](const at::Tensor& grad, const at::Tensor& state) {
       if (!grad.defined()) {
         return at::zeros_like(state);
       }
-      return unsorted.defined() ? index_select_backward(grad, unsorted, state) : grad;
+      return sorted.defined() ? grad.index_select(0, sorted) : grad;
     };
     // An initial state in the packed order, zeros like the final state when not given.
     auto packed_initial = [&](const at::Tensor& state, const at::Tensor& final_state) {
@@ -315,7 +333,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
       if (!state.defined()) {
         return at::Tensor();
       }
-      return sorted.defined() ? index_select_backward(grad, sorted, state) : grad;
+      return unsorted.defined() ? grad.index_select(0, unsorted) : grad;
     };
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     auto [grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,

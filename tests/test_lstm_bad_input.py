@@ -249,6 +249,21 @@ def test_layer_unsorted_indices_wrong_dtype():
         call_layer(unsorted_indices=torch.tensor([2, 0, 1], dtype=torch.int32))
 
 
+def test_layer_unsorted_indices_not_inverse_of_sorted():
+    message = (
+        r"unsorted_indices must be the inverse permutation of sorted_indices, but "
+        r"sorted_indices\[0\] = 1 and unsorted_indices\[1\] = 2"
+    )
+    with pytest.raises(ValueError, match=message):
+        call_layer(unsorted_indices=torch.tensor([0, 2, 1]))
+
+
+def test_layer_sorted_index_out_of_range():
+    message = r"sorted_indices\[2\] = 3 is outside \[0, batch_sizes\[0\]\)"
+    with pytest.raises(ValueError, match=message):
+        call_layer(sorted_indices=torch.tensor([1, 2, 3]))
+
+
 def test_layer_h_0_wrong_rows():
     message = r"h_0 must have one row per sequence \(batch_sizes\[0\] = 3\), got shape \(2, 2\)"
     with pytest.raises(ValueError, match=message):
