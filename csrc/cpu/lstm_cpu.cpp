@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/lstm_calls.h"
 #include "../common/lstm_cell.h"
 #include "../common/ops.h"
 #include "vector_math.h"
@@ -676,29 +677,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
   check_cpu_dtype(input_arg, "input");
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
+  LstmForwardCall call = prepare_lstm_forward(sizes, input_arg, batch_sizes_arg, h_0_arg,
+                                              c_0_arg, weight_ih_arg, weight_hh_arg, bias_arg,
+                                              weight_hr_arg);
 
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
-  const at::Tensor h_0 = h_0_arg.contiguous();
-  const at::Tensor c_0 = c_0_arg.contiguous();
-  const at::Tensor weight_ih = weight_ih_arg.contiguous();
-  const at::Tensor weight_hh = weight_hh_arg.contiguous();
-  const at::Tensor bias = bias_given.defined() ? bias_given.contiguous() : at::Tensor();
-  const at::Tensor weight_hr =
-      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
-
-  const auto options = input.options();
-  at::Tensor output = at::empty({sizes.total, sizes.proj_size}, options);
-  at::Tensor h_n = at::empty({sizes.batch_size, sizes.proj_size}, options);
-  at::Tensor c_n = at::empty({sizes.batch_size, sizes.hidden_size}, options);
-  at::Tensor gates = at::empty({sizes.total, 4 * sizes.hidden_size}, options);
-  at::Tensor cell = at::empty({sizes.total, sizes.hidden_size}, options);
-
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_forward_cpu", [&] {
-    lstm_forward_kernel<scalar_t>(algorithm, sizes, batch_sizes, input, h_0, c_0, weight_ih,
-                                  weight_hh, bias, weight_hr, output, h_n, c_n, gates, cell);
+  AT_DISPATCH_FLOATING_TYPES(call.input.scalar_type(), "lstm_forward_cpu", [&] {
+    lstm_forward_kernel<scalar_t>(algorithm, sizes, call.batch_sizes, call.input, call.h_0,
+                                  call.c_0, call.weight_ih, call.weight_hh, call.bias,
+                                  call.weight_hr, call.output, call.h_n, call.c_n, call.gates,
+                                  call.cell);
   });
-  return {output, h_n, c_n, gates, cell};
+  return {call.output, call.h_n, call.c_n, call.gates, call.cell};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -718,32 +707,27 @@ lstm_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n_
   check_device_type(input_arg, "input", c10::DeviceType::CPU);
   check_cpu_dtype(input_arg, "input");
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
+  LstmBackwardCall call = prepare_lstm_backward(
+      sizes, grad_output_arg, grad_h_n_arg, grad_c_n_arg, input_arg, batch_sizes_arg, h_0_arg,
+      c_0_arg, weight_ih_arg, weight_hh_arg, weight_hr_arg, output_arg, gates_arg, cell_arg);
 
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
-  const at::Tensor weight_hr =
-      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
-
-  const auto options = input.options();
+  const auto options = call.input.options();
   const int64_t H = sizes.hidden_size;
   at::Tensor grad_input = at::empty({sizes.total, sizes.input_size}, options);
-  at::Tensor grad_h_0 = at::empty({sizes.batch_size, sizes.proj_size}, options);
-  at::Tensor grad_c_0 = at::empty({sizes.batch_size, H}, options);
   at::Tensor grad_weight_ih = at::empty({4 * H, sizes.input_size}, options);
   at::Tensor grad_weight_hh = at::empty({4 * H, sizes.proj_size}, options);
   at::Tensor grad_bias = at::empty({4 * H}, options);
-  at::Tensor grad_weight_hr = weight_hr.defined() ? at::empty({sizes.proj_size, H}, options)
-                                                  : at::empty({0}, options);
+  at::Tensor grad_weight_hr = call.weight_hr.defined() ? at::empty({sizes.proj_size, H}, options)
+                                                       : at::empty({0}, options);
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(call.input.scalar_type(), "lstm_backward_cpu", [&] {
     lstm_backward_kernel<scalar_t>(
-        algorithm, sizes, batch_sizes, grad_output_arg.contiguous(), grad_h_n_arg.contiguous(),
-        grad_c_n_arg.contiguous(), input, h_0_arg.contiguous(), c_0_arg.contiguous(),
-        weight_ih_arg.contiguous(), weight_hh_arg.contiguous(), weight_hr,
-        output_arg.contiguous(), gates_arg.contiguous(), cell_arg.contiguous(), grad_input,
-        grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr);
+        algorithm, sizes, call.batch_sizes, call.grad_output, call.grad_h_n, call.grad_c_n,
+        call.input, call.h_0, call.c_0, call.weight_ih, call.weight_hh, call.weight_hr,
+        call.output, call.gates, call.cell, grad_input, call.grad_h_0, call.grad_c_0,
+        grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr);
   });
-  return {grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
+  return {grad_input, call.grad_h_0, call.grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
           grad_weight_hr};
 }
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/lstm_calls.h"
 #include "../common/lstm_cell.h"
 #include "../common/ops.h"
 
@@ -371,32 +372,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   check_device_type(input_arg, "input", c10::DeviceType::CUDA);
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
   const c10::cuda::CUDAGuard device_guard(input_arg.device());
-
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
-  const at::Tensor h_0 = h_0_arg.contiguous();
-  const at::Tensor c_0 = c_0_arg.contiguous();
-  const at::Tensor weight_ih = weight_ih_arg.contiguous();
-  const at::Tensor weight_hh = weight_hh_arg.contiguous();
-  const at::Tensor weight_hr =
-      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
-
-  const auto options = input.options();
-  const int64_t H = sizes.hidden_size;
-  at::Tensor output = at::empty({sizes.total, sizes.proj_size}, options);
-  at::Tensor h_n = at::empty({sizes.batch_size, sizes.proj_size}, options);
-  at::Tensor c_n = at::empty({sizes.batch_size, H}, options);
-  at::Tensor gates = at::empty({sizes.total, 4 * H}, options);
-  at::Tensor cell = at::empty({sizes.total, H}, options);
+  LstmForwardCall call = prepare_lstm_forward(sizes, input_arg, batch_sizes_arg, h_0_arg,
+                                              c_0_arg, weight_ih_arg, weight_hh_arg, bias_arg,
+                                              weight_hr_arg);
+  const at::Tensor& input = call.input;
+  const at::Tensor& h_0 = call.h_0;
+  const at::Tensor& c_0 = call.c_0;
+  const at::Tensor& weight_hh = call.weight_hh;
+  const at::Tensor& weight_hr = call.weight_hr;
+  at::Tensor& output = call.output;
+  at::Tensor& h_n = call.h_n;
+  at::Tensor& c_n = call.c_n;
+  at::Tensor& gates = call.gates;
+  at::Tensor& cell = call.cell;
 
   // The input projection of every step in one GEMM, bias included.
-  if (bias_given.defined()) {
-    at::addmm_out(gates, bias_given, input, weight_ih.t());
+  if (call.bias.defined()) {
+    at::addmm_out(gates, call.bias, input, call.weight_ih.t());
   } else {
-    at::mm_out(gates, input, weight_ih.t());
+    at::mm_out(gates, input, call.weight_ih.t());
   }
 
-  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
+  const int64_t* batch_size = call.batch_sizes.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "lstm_forward_cuda", [&] {
     if (algorithm == Algorithm::kPerStep) {
@@ -405,8 +402,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     }
   });
   if (algorithm == Algorithm::kSmallHidden) {
-    lstm_forward_persistent_cuda(sizes, batch_sizes_on_device(batch_sizes, input.device()), h_0,
-                                 c_0, weight_hh, weight_hr, output, h_n, c_n, gates, cell);
+    lstm_forward_persistent_cuda(sizes, batch_sizes_on_device(call.batch_sizes, input.device()),
+                                 h_0, c_0, weight_hh, weight_hr, output, h_n, c_n, gates, cell);
   }
   return {output, h_n, c_n, gates, cell};
 }
@@ -429,26 +426,27 @@ lstm_backward_cuda(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n
   check_device_type(input_arg, "input", c10::DeviceType::CUDA);
   const Algorithm algorithm = resolve_algorithm(algorithm_arg, sizes);
   const c10::cuda::CUDAGuard device_guard(input_arg.device());
-
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor batch_sizes = batch_sizes_arg.contiguous();
-  const at::Tensor grad_output = grad_output_arg.contiguous();
-  const at::Tensor grad_h_n = grad_h_n_arg.contiguous();
-  const at::Tensor grad_c_n = grad_c_n_arg.contiguous();
-  const at::Tensor h_0 = h_0_arg.contiguous();
-  const at::Tensor c_0 = c_0_arg.contiguous();
-  const at::Tensor weight_ih = weight_ih_arg.contiguous();
-  const at::Tensor weight_hh = weight_hh_arg.contiguous();
-  const at::Tensor weight_hr =
-      weight_hr_given.defined() ? weight_hr_given.contiguous() : at::Tensor();
-  const at::Tensor output = output_arg.contiguous();
-  const at::Tensor gates = gates_arg.contiguous();
-  const at::Tensor cell = cell_arg.contiguous();
+  LstmBackwardCall call = prepare_lstm_backward(
+      sizes, grad_output_arg, grad_h_n_arg, grad_c_n_arg, input_arg, batch_sizes_arg, h_0_arg,
+      c_0_arg, weight_ih_arg, weight_hh_arg, weight_hr_arg, output_arg, gates_arg, cell_arg);
+  const at::Tensor& input = call.input;
+  const at::Tensor& batch_sizes = call.batch_sizes;
+  const at::Tensor& grad_output = call.grad_output;
+  const at::Tensor& grad_h_n = call.grad_h_n;
+  const at::Tensor& grad_c_n = call.grad_c_n;
+  const at::Tensor& h_0 = call.h_0;
+  const at::Tensor& c_0 = call.c_0;
+  const at::Tensor& weight_ih = call.weight_ih;
+  const at::Tensor& weight_hh = call.weight_hh;
+  const at::Tensor& weight_hr = call.weight_hr;
+  const at::Tensor& output = call.output;
+  const at::Tensor& gates = call.gates;
+  const at::Tensor& cell = call.cell;
+  at::Tensor& grad_h_0 = call.grad_h_0;
+  at::Tensor& grad_c_0 = call.grad_c_0;
 
   const auto options = input.options();
   const bool projection = weight_hr.defined();
-  at::Tensor grad_h_0 = at::empty({sizes.batch_size, sizes.proj_size}, options);
-  at::Tensor grad_c_0 = at::empty({sizes.batch_size, sizes.hidden_size}, options);
   BackwardStacks stacks = make_backward_stacks(sizes, projection, options);
 
   const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
