@@ -294,8 +294,8 @@ class LSTM(nn.Module):
         return output, (h_n, c_n)
 
     def _initial_state(self, hx, batch_size, unbatched):
-        """Return hx checked, in the caller's order with the N axis; (None, None) for
-        zeros."""
+        """Check hx and return it in the caller's order with the N axis, or (None,
+        None) for zero initial states."""
         if hx is None:
             return None, None
         num_directions = 2 if self.bidirectional else 1
@@ -317,9 +317,11 @@ class LSTM(nn.Module):
         return h_0, c_0
 
     def _run_layers(self, data, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0):
-        """Run every layer and direction on the packed rows `data`; return the last
-        layer's output rows and h_n, c_n in the caller's order. h_0 and c_0 are None
-        for zeros."""
+        """Run every layer and direction on the packed rows `data`.
+
+        Returns the last layer's output rows, and h_n and c_n in the caller's order.
+        h_0 and c_0 are None for zero initial states.
+        """
         num_directions = 2 if self.bidirectional else 1
         reverse_rows = None
         if self.bidirectional:

@@ -99,4 +99,5 @@ def _lstm_layer_fake(
 
 # The autograd of seqlstm::lstm_forward and seqlstm::lstm_layer is registered in C++
 # (csrc/lstm_autograd.cpp) for every backend. Their backward calls seqlstm::lstm_backward,
-# and a Python formula here added about 0.1 ms per forward and backward at the seed shape.
+# and a Python formula here added about 0.1 ms per forward and backward at N = 44, L = 12,
+# H_in = 50, H = 25.

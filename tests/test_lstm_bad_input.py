@@ -225,7 +225,9 @@ def call_layer(**replace):
 
 def test_layer_valid_arguments_pass():
     output, h_n, c_n, gates, cell = call_layer(h_0=torch.zeros(3, 2), c_0=torch.zeros(3, 4))
-    assert output.shape == (7, 2) and h_n.shape == (3, 2) and c_n.shape == (3, 4)
+    assert output.shape == (7, 2)
+    assert h_n.shape == (3, 2)
+    assert c_n.shape == (3, 4)
 
 
 def test_layer_sorted_indices_without_unsorted():
@@ -276,7 +278,7 @@ def test_layer_c_0_not_2d():
 
 
 def test_layer_bias_hh_wrong_shape():
-    # A (1,) bias would broadcast in a plain sum; the operator refuses it.
+    # A plain sum would broadcast a (1,) bias, so the operator rejects it.
     message = r"bias_hh must have shape \(4\*hidden_size,\) = \(16,\), got \(1,\)"
     with pytest.raises(ValueError, match=message):
         call_layer(bias_hh=torch.randn(1))
