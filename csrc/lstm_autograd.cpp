@@ -16,7 +16,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -194,15 +193,17 @@ LstmLayerResult lstm_layer_kernel(
     const std::optional<at::Tensor>& weight_hr, int64_t algorithm) {
   const at::Tensor sorted_indices = tensor_or_undefined(sorted_indices_arg);
   const at::Tensor unsorted_indices = tensor_or_undefined(unsorted_indices_arg);
-  check_defined(input, "input");
-  check_dim(batch_sizes, "batch_sizes", 1);
-  check_dtype(batch_sizes, "batch_sizes", at::kLong);
-  check_device_type(batch_sizes, "batch_sizes", c10::DeviceType::CPU);
-  TORCH_CHECK_VALUE(batch_sizes.size(0) >= 1,
-                    "batch_sizes must have at least one step, got an empty tensor "
-                    "(an empty batch or sequences of length 0)");
-  // A batch size below 1 gets zero-row states here and lstm_forward's error naming it.
-  const int64_t batch_size = std::max<int64_t>(batch_sizes.const_data_ptr<int64_t>()[0], 0);
+  // First what lstm_forward checks first, so that those arguments get its messages, and
+  // before anything is allocated. Then the arguments it never gets: the order indices,
+  // the caller's states and the two biases, which it only gets as their sum.
+  const LstmSizes sizes = check_lstm_batch(input, batch_sizes);
+  const int64_t batch_size = sizes.batch_size;
+  const int64_t hidden_size = check_weight_hh_rows(weight_hh);
+  const int64_t proj_size = check_weight_hr(tensor_or_undefined(weight_hr), hidden_size);
+  check_defined(weight_ih, "weight_ih");
+  check_same_dtype(weight_ih, "weight_ih", input, "input");
+  check_same_dtype(weight_hh, "weight_hh", input, "input");
+
   TORCH_CHECK_VALUE(sorted_indices.defined() == unsorted_indices.defined(),
                     "sorted_indices and unsorted_indices must be given together, got ",
                     sorted_indices.defined() ? "sorted_indices" : "unsorted_indices", " only");
@@ -213,10 +214,6 @@ LstmLayerResult lstm_layer_kernel(
       check_inverse_permutation(sorted_indices, unsorted_indices, batch_size);
     }
   }
-  check_dim(weight_hh, "weight_hh", 2);
-  const int64_t hidden_size = weight_hh.size(0) / 4;
-  const int64_t proj_size =
-      weight_hr.has_value() && weight_hr->defined() ? weight_hr->size(0) : hidden_size;
 
   const at::Tensor h_0 = tensor_or_undefined(h_0_arg);
   const at::Tensor c_0 = tensor_or_undefined(c_0_arg);
@@ -228,16 +225,7 @@ LstmLayerResult lstm_layer_kernel(
                         "), got shape ", shape_string(state->sizes()));
     }
   }
-  const at::Tensor packed_h_0 = h_0.defined() ? packed_state(h_0, sorted_indices)
-                                              : at::zeros({batch_size, proj_size}, input.options());
-  const at::Tensor packed_c_0 = c_0.defined()
-                                    ? packed_state(c_0, sorted_indices)
-                                    : at::zeros({batch_size, hidden_size}, input.options());
-  // The weights first, in the order lstm_forward checks them, then the two biases,
-  // which lstm_forward only gets as their sum.
-  check_defined(weight_ih, "weight_ih");
-  check_same_dtype(weight_ih, "weight_ih", input, "input");
-  check_same_dtype(weight_hh, "weight_hh", input, "input");
+
   const at::Tensor bias_ih = tensor_or_undefined(bias_ih_arg);
   const at::Tensor bias_hh = tensor_or_undefined(bias_hh_arg);
   at::Tensor bias;
@@ -249,6 +237,12 @@ LstmLayerResult lstm_layer_kernel(
     check_layer_bias(bias_hh, "bias_hh", input, weight_hh);
     bias = bias.defined() ? at::add(bias, bias_hh) : bias_hh;
   }
+
+  const at::Tensor packed_h_0 = h_0.defined() ? packed_state(h_0, sorted_indices)
+                                              : at::zeros({batch_size, proj_size}, input.options());
+  const at::Tensor packed_c_0 = c_0.defined()
+                                    ? packed_state(c_0, sorted_indices)
+                                    : at::zeros({batch_size, hidden_size}, input.options());
   auto [output, h_n, c_n, gates, cell] =
       lstm_forward_op().call(input, batch_sizes, packed_h_0, packed_c_0, weight_ih, weight_hh,
                              optional_if_defined(bias), weight_hr, algorithm);
@@ -293,9 +287,12 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     ctx->saved_data["has_bias_ih"] = bias_ih.has_value() && bias_ih->defined();
     ctx->saved_data["has_bias_hh"] = bias_hh.has_value() && bias_hh->defined();
     ctx->saved_data["algorithm"] = algorithm;
+    // The number of sequences, for zero states in backward. h_n and c_n themselves are
+    // not saved, so that the caller may change them in place.
+    ctx->saved_data["batch_size"] = h_n.sym_size(0);
     ctx->save_for_backward({input, batch_sizes, tensor_or_undefined(h_0),
                             tensor_or_undefined(c_0), weight_ih, weight_hh,
-                            tensor_or_undefined(weight_hr), output, gates, cell, h_n, c_n,
+                            tensor_or_undefined(weight_hr), output, gates, cell,
                             tensor_or_undefined(sorted_indices),
                             tensor_or_undefined(unsorted_indices)});
     ctx->mark_non_differentiable({gates, cell});
@@ -313,22 +310,25 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     const at::Tensor& c_0 = saved[3];
     const at::Tensor& weight_hr = saved[6];
     const at::Tensor& output = saved[7];
-    const at::Tensor& h_n = saved[10];
-    const at::Tensor& c_n = saved[11];
-    const at::Tensor& sorted = saved[12];
-    const at::Tensor& unsorted = saved[13];
+    const at::Tensor& cell = saved[9];
+    const at::Tensor& sorted = saved[10];
+    const at::Tensor& unsorted = saved[11];
+    const c10::SymInt batch_size = ctx->saved_data["batch_size"].toSymInt();
+    // Zeros with the shape of h (N, P) or c (N, H).
+    const at::Tensor zero_h = at::zeros_symint({batch_size, output.sym_size(1)}, output.options());
+    const at::Tensor zero_c = at::zeros_symint({batch_size, cell.sym_size(1)}, cell.options());
 
     // A final state's gradient in the packed order, zeros where none flows.
-    auto packed_grad = [&](const at::Tensor& grad, const at::Tensor& state) {
+    auto packed_grad = [&](const at::Tensor& grad, const at::Tensor& zeros) {
       if (!grad.defined()) {
-        return at::zeros_like(state);
+        return zeros;
       }
       return sorted.defined() ? grad.index_select(0, sorted) : grad;
     };
 
-    // An initial state in the packed order, zeros like the final state when not given.
-    auto packed_initial = [&](const at::Tensor& state, const at::Tensor& final_state) {
-      return state.defined() ? packed_state(state, sorted) : at::zeros_like(final_state);
+    // An initial state in the packed order, zeros when the caller gave none.
+    auto packed_initial = [&](const at::Tensor& state, const at::Tensor& zeros) {
+      return state.defined() ? packed_state(state, sorted) : zeros;
     };
 
     // An initial state's gradient in the caller's order, if the caller gave the state.
@@ -342,11 +342,11 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     auto [grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
           grad_weight_hr] =
-        lstm_backward_op().call(grad_output, packed_grad(grads[1], h_n),
-                                packed_grad(grads[2], c_n), saved[0], saved[1],
-                                packed_initial(h_0, h_n), packed_initial(c_0, c_n), saved[4],
-                                saved[5], optional_if_defined(weight_hr), output, saved[8],
-                                saved[9], ctx->saved_data["algorithm"].toInt());
+        lstm_backward_op().call(grad_output, packed_grad(grads[1], zero_h),
+                                packed_grad(grads[2], zero_c), saved[0], saved[1],
+                                packed_initial(h_0, zero_h), packed_initial(c_0, zero_c),
+                                saved[4], saved[5], optional_if_defined(weight_hr), output,
+                                saved[8], cell, ctx->saved_data["algorithm"].toInt());
     return {grad_input,
             at::Tensor(),
             at::Tensor(),

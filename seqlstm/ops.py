@@ -38,10 +38,28 @@ def _embedding_bag_backward_values_fake(
 # (csrc/embedding_autograd.cpp), where it costs less per call than a Python formula.
 
 
+def _check_lstm_devices(input, batch_sizes, **tensors):
+    """Raise the kernels' error when batch_sizes is not on the CPU or another tensor is
+    not on input's device. A meta tensor among CPU tensors dispatches the call to the
+    fake kernel, which would otherwise return uninitialised CPU tensors."""
+    if batch_sizes.device.type != "cpu":
+        raise ValueError(f"batch_sizes must be on cpu, got {batch_sizes.device}")
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != input.device:
+            raise ValueError(
+                f"{name} must be on the same device as input ({input.device}), got "
+                f"{tensor.device}"
+            )
+
+
 @torch.library.register_fake("seqlstm::lstm_forward")
 def _lstm_forward_fake(
     input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr, algorithm=0
 ):
+    _check_lstm_devices(
+        input, batch_sizes, h_0=h_0, c_0=c_0, weight_ih=weight_ih, weight_hh=weight_hh,
+        bias=bias, weight_hr=weight_hr,
+    )
     total = input.shape[0]
     batch_size = h_0.shape[0]
     hidden_size = weight_hh.shape[0] // 4
@@ -78,6 +96,11 @@ def _lstm_layer_fake(
     input, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0, weight_ih, weight_hh,
     bias_ih, bias_hh, weight_hr, algorithm=0,
 ):
+    _check_lstm_devices(
+        input, batch_sizes, sorted_indices=sorted_indices, unsorted_indices=unsorted_indices,
+        h_0=h_0, c_0=c_0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+        bias_hh=bias_hh, weight_hr=weight_hr,
+    )
     if h_0 is not None:
         batch_size = h_0.shape[0]
     elif sorted_indices is not None:

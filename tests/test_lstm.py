@@ -421,6 +421,20 @@ def test_layer_gradient_reaches_one_sequence():
     assert grad_c_0[[0, 2, 3]].abs().sum() == 0
 
 
+def test_final_states_changed_in_place_keep_backward():
+    # torch.nn.LSTM allows it, since its backward needs no final state.
+    reference, ours = make_pair(3, 4)
+    x = torch.randn(5, 2, 3)
+    for module in (reference, ours):
+        output, (h_n, c_n) = module(x)
+        h_n.zero_()
+        c_n.zero_()
+        output.sum().backward()
+    for name, parameter in ours.named_parameters():
+        expected = getattr(reference, name).grad
+        assert_close_scaled(parameter.grad, expected, 1e-5, name)
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("states", [False, True])
 @pytest.mark.parametrize("order", [False, True])

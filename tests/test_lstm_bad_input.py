@@ -302,6 +302,57 @@ def test_layer_zero_batch_size_names_batch_sizes():
                    unsorted_indices=None)
 
 
+def test_layer_weight_hr_0_dim():
+    with pytest.raises(ValueError, match=r"weight_hr must have 2 dimensions, got 0"):
+        call_layer(weight_hr=torch.tensor(1.0))
+
+
+def test_layer_weight_hh_rows_not_multiple_of_4():
+    # Checked before the biases, whose expected shape comes from weight_hh.
+    message = (
+        r"weight_hh must have shape \(4\*hidden_size, .*\) with hidden_size >= 1, "
+        r"got \(7, 2\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        call_layer(weight_hh=torch.randn(7, 2))
+
+
+def test_layer_batch_sizes_increasing():
+    # Checked before the order indices, whose expected length is batch_sizes[0].
+    message = (
+        r"batch_sizes must be non-increasing, got batch_sizes\[0\] = 1 < "
+        r"batch_sizes\[1\] = 3"
+    )
+    with pytest.raises(ValueError, match=message):
+        call_layer(batch_sizes=torch.tensor([1, 3, 3]))
+
+
+def test_layer_integer_input():
+    with pytest.raises(TypeError, match="input must have a floating-point dtype, got Long"):
+        call_layer(input=torch.zeros(7, 5, dtype=torch.int64))
+
+
+def test_layer_huge_batch_size_checked_before_allocation():
+    # The zero initial states would take 2**40 rows if they were allocated first.
+    message = r"input must have sum\(batch_sizes\) = 1099511627777 rows, got shape \(7, 5\)"
+    with pytest.raises(ValueError, match=message):
+        call_layer(batch_sizes=torch.tensor([2**40, 1]), sorted_indices=None,
+                   unsorted_indices=None)
+
+
+def test_layer_meta_index_raises():
+    # A meta tensor among CPU ones dispatches to the fake kernel, which checks devices.
+    message = r"sorted_indices must be on the same device as input \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        call_layer(sorted_indices=torch.tensor([1, 2, 0], device="meta"))
+
+
+def test_forward_meta_bias_raises():
+    message = r"bias must be on the same device as input \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        call_forward(bias=torch.randn(16, device="meta"))
+
+
 def test_module_length_zero_names_position():
     module = seqlstm.LSTM(3, 4)
     with pytest.raises(ValueError, match=r"lengths\[2\] must be at least 1, got 0"):

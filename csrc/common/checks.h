@@ -175,16 +175,11 @@ struct LstmSizes {
   int64_t proj_size;    // P: weight_hr's rows, or H without a projection
 };
 
-// Checks the arguments of lstm_forward (and the inputs lstm_backward shares with it):
-//   input (total, H_in) floating, batch_sizes (L,) int64 on CPU with L >= 1, every
-//   entry positive, non-increasing and summing to total; h_0 (N, P), c_0 (N, H),
-//   weight_ih (4*H, H_in), weight_hh (4*H, P), bias (4*H,) or undefined, weight_hr
-//   (P, H) or undefined. Every floating tensor has input's dtype and device.
-// Reads batch_sizes, which PackedSequence keeps on the CPU for every device.
-inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& batch_sizes,
-                                 const at::Tensor& h_0, const at::Tensor& c_0,
-                                 const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                 const at::Tensor& bias, const at::Tensor& weight_hr) {
+// Checks input (total, H_in) floating and batch_sizes (L,) int64 on CPU with L >= 1, every
+// entry positive, non-increasing and summing to input's rows. Returns the sizes they give:
+// total, num_steps, batch_size and input_size. Reads batch_sizes, which PackedSequence
+// keeps on the CPU for every device.
+inline LstmSizes check_lstm_batch(const at::Tensor& input, const at::Tensor& batch_sizes) {
   check_dim(input, "input", 2);
   check_floating(input, "input");
   check_dim(batch_sizes, "batch_sizes", 1);
@@ -212,22 +207,44 @@ inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& batc
                     " rows, got shape ", shape_string(input.sizes()));
   sizes.total = total;
   sizes.input_size = input.size(1);
+  return sizes;
+}
 
+// Checks that weight_hh is (4*H, .) with H >= 1 and returns H.
+inline int64_t check_weight_hh_rows(const at::Tensor& weight_hh) {
   check_dim(weight_hh, "weight_hh", 2);
   TORCH_CHECK_VALUE(weight_hh.size(0) > 0 && weight_hh.size(0) % 4 == 0,
                     "weight_hh must have shape (4*hidden_size, proj_size or hidden_size) with "
                     "hidden_size >= 1, got ",
                     shape_string(weight_hh.sizes()));
-  sizes.hidden_size = weight_hh.size(0) / 4;
-  const int64_t H = sizes.hidden_size;
-  sizes.proj_size = H;
-  if (weight_hr.defined()) {
-    check_dim(weight_hr, "weight_hr", 2);
-    TORCH_CHECK_VALUE(weight_hr.size(0) >= 1 && weight_hr.size(1) == H,
-                      "weight_hr must have shape (proj_size, hidden_size) = (P, ", H,
-                      ") with P >= 1, got ", shape_string(weight_hr.sizes()));
-    sizes.proj_size = weight_hr.size(0);
+  return weight_hh.size(0) / 4;
+}
+
+// Checks that weight_hr, when defined, is (P, H) with P >= 1, and returns P (H without it).
+inline int64_t check_weight_hr(const at::Tensor& weight_hr, int64_t hidden_size) {
+  if (!weight_hr.defined()) {
+    return hidden_size;
   }
+  check_dim(weight_hr, "weight_hr", 2);
+  TORCH_CHECK_VALUE(weight_hr.size(0) >= 1 && weight_hr.size(1) == hidden_size,
+                    "weight_hr must have shape (proj_size, hidden_size) = (P, ", hidden_size,
+                    ") with P >= 1, got ", shape_string(weight_hr.sizes()));
+  return weight_hr.size(0);
+}
+
+// Checks the arguments of lstm_forward (and the inputs lstm_backward shares with it):
+//   input (total, H_in) floating, batch_sizes (L,) int64 on CPU with L >= 1, every
+//   entry positive, non-increasing and summing to total; h_0 (N, P), c_0 (N, H),
+//   weight_ih (4*H, H_in), weight_hh (4*H, P), bias (4*H,) or undefined, weight_hr
+//   (P, H) or undefined. Every floating tensor has input's dtype and device.
+inline LstmSizes check_lstm_args(const at::Tensor& input, const at::Tensor& batch_sizes,
+                                 const at::Tensor& h_0, const at::Tensor& c_0,
+                                 const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                 const at::Tensor& bias, const at::Tensor& weight_hr) {
+  LstmSizes sizes = check_lstm_batch(input, batch_sizes);
+  sizes.hidden_size = check_weight_hh_rows(weight_hh);
+  const int64_t H = sizes.hidden_size;
+  sizes.proj_size = check_weight_hr(weight_hr, H);
   const int64_t P = sizes.proj_size;
   const int64_t N = sizes.batch_size;
   check_shape(weight_hh, "weight_hh", {4 * H, P}, "(4*hidden_size, proj_size or hidden_size)");
