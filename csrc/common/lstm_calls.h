@@ -17,9 +17,24 @@ inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& tenso
   return tensor.has_value() && tensor->defined() ? tensor->contiguous() : at::Tensor();
 }
 
+// The arguments that lstm_forward and lstm_backward share, contiguous. weight_hr is
+// undefined without a projection.
+struct LstmArgs {
+  at::Tensor input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr;
+};
+
+inline LstmArgs make_lstm_args(const at::Tensor& input, const at::Tensor& batch_sizes,
+                               const at::Tensor& h_0, const at::Tensor& c_0,
+                               const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                               const std::optional<at::Tensor>& weight_hr) {
+  return {input.contiguous(),     batch_sizes.contiguous(), h_0.contiguous(),
+          c_0.contiguous(),       weight_ih.contiguous(),   weight_hh.contiguous(),
+          contiguous_or_undefined(weight_hr)};
+}
+
 struct LstmForwardCall {
-  // Arguments; bias and weight_hr are undefined when absent.
-  at::Tensor input, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, weight_hr;
+  LstmArgs args;
+  at::Tensor bias;  // undefined without one
   // Results, uninitialised: output (total, P), h_n (N, P), c_n (N, H), gates
   // (total, 4*H), cell (total, H).
   at::Tensor output, h_n, c_n, gates, cell;
@@ -31,15 +46,9 @@ inline LstmForwardCall prepare_lstm_forward(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& weight_hr) {
   LstmForwardCall call;
-  call.input = input.contiguous();
-  call.batch_sizes = batch_sizes.contiguous();
-  call.h_0 = h_0.contiguous();
-  call.c_0 = c_0.contiguous();
-  call.weight_ih = weight_ih.contiguous();
-  call.weight_hh = weight_hh.contiguous();
+  call.args = make_lstm_args(input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr);
   call.bias = contiguous_or_undefined(bias);
-  call.weight_hr = contiguous_or_undefined(weight_hr);
-  const auto options = call.input.options();
+  const auto options = call.args.input.options();
   const int64_t H = sizes.hidden_size;
   call.output = at::empty({sizes.total, sizes.proj_size}, options);
   call.h_n = at::empty({sizes.batch_size, sizes.proj_size}, options);
@@ -50,9 +59,9 @@ inline LstmForwardCall prepare_lstm_forward(
 }
 
 struct LstmBackwardCall {
-  // Arguments; weight_hr is undefined when absent.
-  at::Tensor grad_output, grad_h_n, grad_c_n, input, batch_sizes, h_0, c_0, weight_ih,
-      weight_hh, weight_hr, output, gates, cell;
+  LstmArgs args;
+  // The incoming gradients and the saved forward results, contiguous.
+  at::Tensor grad_output, grad_h_n, grad_c_n, output, gates, cell;
   // The initial states' gradients, uninitialised: grad_h_0 (N, P), grad_c_0 (N, H).
   // Each backend allocates the others in the layout its kernels fill.
   at::Tensor grad_h_0, grad_c_0;
@@ -65,20 +74,14 @@ inline LstmBackwardCall prepare_lstm_backward(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell) {
   LstmBackwardCall call;
+  call.args = make_lstm_args(input, batch_sizes, h_0, c_0, weight_ih, weight_hh, weight_hr);
   call.grad_output = grad_output.contiguous();
   call.grad_h_n = grad_h_n.contiguous();
   call.grad_c_n = grad_c_n.contiguous();
-  call.input = input.contiguous();
-  call.batch_sizes = batch_sizes.contiguous();
-  call.h_0 = h_0.contiguous();
-  call.c_0 = c_0.contiguous();
-  call.weight_ih = weight_ih.contiguous();
-  call.weight_hh = weight_hh.contiguous();
-  call.weight_hr = contiguous_or_undefined(weight_hr);
   call.output = output.contiguous();
   call.gates = gates.contiguous();
   call.cell = cell.contiguous();
-  const auto options = call.input.options();
+  const auto options = call.args.input.options();
   call.grad_h_0 = at::empty({sizes.batch_size, sizes.proj_size}, options);
   call.grad_c_0 = at::empty({sizes.batch_size, sizes.hidden_size}, options);
   return call;

@@ -681,10 +681,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                                               c_0_arg, weight_ih_arg, weight_hh_arg, bias_arg,
                                               weight_hr_arg);
 
-  AT_DISPATCH_FLOATING_TYPES(call.input.scalar_type(), "lstm_forward_cpu", [&] {
-    lstm_forward_kernel<scalar_t>(algorithm, sizes, call.batch_sizes, call.input, call.h_0,
-                                  call.c_0, call.weight_ih, call.weight_hh, call.bias,
-                                  call.weight_hr, call.output, call.h_n, call.c_n, call.gates,
+  const LstmArgs& args = call.args;
+  AT_DISPATCH_FLOATING_TYPES(args.input.scalar_type(), "lstm_forward_cpu", [&] {
+    lstm_forward_kernel<scalar_t>(algorithm, sizes, args.batch_sizes, args.input, args.h_0,
+                                  args.c_0, args.weight_ih, args.weight_hh, call.bias,
+                                  args.weight_hr, call.output, call.h_n, call.c_n, call.gates,
                                   call.cell);
   });
   return {call.output, call.h_n, call.c_n, call.gates, call.cell};
@@ -711,19 +712,20 @@ lstm_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n_
       sizes, grad_output_arg, grad_h_n_arg, grad_c_n_arg, input_arg, batch_sizes_arg, h_0_arg,
       c_0_arg, weight_ih_arg, weight_hh_arg, weight_hr_arg, output_arg, gates_arg, cell_arg);
 
-  const auto options = call.input.options();
+  const LstmArgs& args = call.args;
+  const auto options = args.input.options();
   const int64_t H = sizes.hidden_size;
   at::Tensor grad_input = at::empty({sizes.total, sizes.input_size}, options);
   at::Tensor grad_weight_ih = at::empty({4 * H, sizes.input_size}, options);
   at::Tensor grad_weight_hh = at::empty({4 * H, sizes.proj_size}, options);
   at::Tensor grad_bias = at::empty({4 * H}, options);
-  at::Tensor grad_weight_hr = call.weight_hr.defined() ? at::empty({sizes.proj_size, H}, options)
+  at::Tensor grad_weight_hr = args.weight_hr.defined() ? at::empty({sizes.proj_size, H}, options)
                                                        : at::empty({0}, options);
 
-  AT_DISPATCH_FLOATING_TYPES(call.input.scalar_type(), "lstm_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(args.input.scalar_type(), "lstm_backward_cpu", [&] {
     lstm_backward_kernel<scalar_t>(
-        algorithm, sizes, call.batch_sizes, call.grad_output, call.grad_h_n, call.grad_c_n,
-        call.input, call.h_0, call.c_0, call.weight_ih, call.weight_hh, call.weight_hr,
+        algorithm, sizes, args.batch_sizes, call.grad_output, call.grad_h_n, call.grad_c_n,
+        args.input, args.h_0, args.c_0, args.weight_ih, args.weight_hh, args.weight_hr,
         call.output, call.gates, call.cell, grad_input, call.grad_h_0, call.grad_c_0,
         grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr);
   });

@@ -375,37 +375,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   LstmForwardCall call = prepare_lstm_forward(sizes, input_arg, batch_sizes_arg, h_0_arg,
                                               c_0_arg, weight_ih_arg, weight_hh_arg, bias_arg,
                                               weight_hr_arg);
-  const at::Tensor& input = call.input;
-  const at::Tensor& h_0 = call.h_0;
-  const at::Tensor& c_0 = call.c_0;
-  const at::Tensor& weight_hh = call.weight_hh;
-  const at::Tensor& weight_hr = call.weight_hr;
-  at::Tensor& output = call.output;
-  at::Tensor& h_n = call.h_n;
-  at::Tensor& c_n = call.c_n;
-  at::Tensor& gates = call.gates;
-  at::Tensor& cell = call.cell;
+  const LstmArgs& args = call.args;
 
   // The input projection of every step in one GEMM, bias included.
   if (call.bias.defined()) {
-    at::addmm_out(gates, call.bias, input, call.weight_ih.t());
+    at::addmm_out(call.gates, call.bias, args.input, args.weight_ih.t());
   } else {
-    at::mm_out(gates, input, call.weight_ih.t());
+    at::mm_out(call.gates, args.input, args.weight_ih.t());
   }
 
-  const int64_t* batch_size = call.batch_sizes.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+  const int64_t* batch_size = args.batch_sizes.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(),
                                   "lstm_forward_cuda", [&] {
     if (algorithm == Algorithm::kPerStep) {
-      lstm_forward_per_step<scalar_t>(sizes, batch_size, h_0, c_0, weight_hh, weight_hr,
-                                      output, h_n, c_n, gates, cell);
+      lstm_forward_per_step<scalar_t>(sizes, batch_size, args.h_0, args.c_0, args.weight_hh,
+                                      args.weight_hr, call.output, call.h_n, call.c_n,
+                                      call.gates, call.cell);
     }
   });
   if (algorithm == Algorithm::kSmallHidden) {
-    lstm_forward_persistent_cuda(sizes, batch_sizes_on_device(call.batch_sizes, input.device()),
-                                 h_0, c_0, weight_hh, weight_hr, output, h_n, c_n, gates, cell);
+    lstm_forward_persistent_cuda(
+        sizes, batch_sizes_on_device(args.batch_sizes, args.input.device()), args.h_0,
+        args.c_0, args.weight_hh, args.weight_hr, call.output, call.h_n, call.c_n, call.gates,
+        call.cell);
   }
-  return {output, h_n, c_n, gates, cell};
+  return {call.output, call.h_n, call.c_n, call.gates, call.cell};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -429,51 +423,38 @@ lstm_backward_cuda(const at::Tensor& grad_output_arg, const at::Tensor& grad_h_n
   LstmBackwardCall call = prepare_lstm_backward(
       sizes, grad_output_arg, grad_h_n_arg, grad_c_n_arg, input_arg, batch_sizes_arg, h_0_arg,
       c_0_arg, weight_ih_arg, weight_hh_arg, weight_hr_arg, output_arg, gates_arg, cell_arg);
-  const at::Tensor& input = call.input;
-  const at::Tensor& batch_sizes = call.batch_sizes;
-  const at::Tensor& grad_output = call.grad_output;
-  const at::Tensor& grad_h_n = call.grad_h_n;
-  const at::Tensor& grad_c_n = call.grad_c_n;
-  const at::Tensor& h_0 = call.h_0;
-  const at::Tensor& c_0 = call.c_0;
-  const at::Tensor& weight_ih = call.weight_ih;
-  const at::Tensor& weight_hh = call.weight_hh;
-  const at::Tensor& weight_hr = call.weight_hr;
-  const at::Tensor& output = call.output;
-  const at::Tensor& gates = call.gates;
-  const at::Tensor& cell = call.cell;
-  at::Tensor& grad_h_0 = call.grad_h_0;
-  at::Tensor& grad_c_0 = call.grad_c_0;
+  const LstmArgs& args = call.args;
 
-  const auto options = input.options();
-  const bool projection = weight_hr.defined();
+  const auto options = args.input.options();
+  const bool projection = args.weight_hr.defined();
   BackwardStacks stacks = make_backward_stacks(sizes, projection, options);
 
-  const int64_t* batch_size = batch_sizes.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+  const int64_t* batch_size = args.batch_sizes.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(),
                                   "lstm_backward_cuda", [&] {
     if (algorithm == Algorithm::kPerStep) {
-      lstm_backward_per_step<scalar_t>(sizes, batch_size, grad_output, grad_h_n, grad_c_n,
-                                       h_0, c_0, weight_hh, weight_hr, output, gates, cell,
-                                       stacks, grad_h_0, grad_c_0);
+      lstm_backward_per_step<scalar_t>(sizes, batch_size, call.grad_output, call.grad_h_n,
+                                       call.grad_c_n, args.h_0, args.c_0, args.weight_hh,
+                                       args.weight_hr, call.output, call.gates, call.cell,
+                                       stacks, call.grad_h_0, call.grad_c_0);
     }
   });
   if (algorithm == Algorithm::kSmallHidden) {
-    lstm_backward_persistent_cuda(sizes, batch_sizes_on_device(batch_sizes, input.device()),
-                                  grad_output, grad_h_n, grad_c_n, h_0, c_0, weight_hh,
-                                  weight_hr, output, gates, cell, stacks.grad_gates,
-                                  stacks.h_prev, stacks.hidden, stacks.grad_hidden, grad_h_0,
-                                  grad_c_0);
+    lstm_backward_persistent_cuda(
+        sizes, batch_sizes_on_device(args.batch_sizes, args.input.device()), call.grad_output,
+        call.grad_h_n, call.grad_c_n, args.h_0, args.c_0, args.weight_hh, args.weight_hr,
+        call.output, call.gates, call.cell, stacks.grad_gates, stacks.h_prev, stacks.hidden,
+        stacks.grad_hidden, call.grad_h_0, call.grad_c_0);
   }
 
   // The input and weight gradients as large GEMMs over all steps at once.
-  at::Tensor grad_input = stacks.grad_gates.mm(weight_ih);
-  at::Tensor grad_weight_ih = stacks.grad_gates.t().mm(input);
+  at::Tensor grad_input = stacks.grad_gates.mm(args.weight_ih);
+  at::Tensor grad_weight_ih = stacks.grad_gates.t().mm(args.input);
   at::Tensor grad_weight_hh = stacks.grad_gates.t().mm(stacks.h_prev);
   at::Tensor grad_bias = stacks.grad_gates.sum(0);
   at::Tensor grad_weight_hr =
       projection ? stacks.grad_hidden.t().mm(stacks.hidden) : at::empty({0}, options);
-  return {grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
+  return {grad_input, call.grad_h_0, call.grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
           grad_weight_hr};
 }
 
