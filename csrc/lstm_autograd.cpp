@@ -220,6 +220,8 @@ LstmLayerResult lstm_layer_kernel(
   for (const auto& [state, name] : {std::pair{&h_0, "h_0"}, std::pair{&c_0, "c_0"}}) {
     if (state->defined()) {
       check_dim(*state, name, 2);
+      // Before index_select reads it with indices on input's device.
+      check_same_device(*state, name, input, "input");
       TORCH_CHECK_VALUE(state->size(0) == batch_size, name,
                         " must have one row per sequence (batch_sizes[0] = ", batch_size,
                         "), got shape ", shape_string(state->sizes()));

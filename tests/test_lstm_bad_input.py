@@ -347,6 +347,14 @@ def test_layer_meta_index_raises():
         call_layer(sorted_indices=torch.tensor([1, 2, 0], device="meta"))
 
 
+def test_layer_h_0_on_another_device():
+    # The meta tensor sends the call to the fake kernel, which checks devices as the
+    # kernels do. CPU input with CUDA h_0 needs a GPU to test.
+    message = r"h_0 must be on the same device as input \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        call_layer(h_0=torch.zeros(3, 2, device="meta"))
+
+
 def test_forward_meta_bias_raises():
     message = r"bias must be on the same device as input \(cpu\), got meta"
     with pytest.raises(ValueError, match=message):
