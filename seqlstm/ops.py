@@ -11,10 +11,26 @@ from seqlstm._loader import load_extension
 _C = load_extension()
 
 
+def _check_same_device(reference_name, reference, **tensors):
+    """Raise the kernels' error when a tensor is not on the device of `reference`. A meta
+    tensor among CPU tensors dispatches the call to the fake kernel, which would
+    otherwise return uninitialised CPU tensors."""
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != reference.device:
+            raise ValueError(
+                f"{name} must be on the same device as {reference_name} "
+                f"({reference.device}), got {tensor.device}"
+            )
+
+
 @torch.library.register_fake("seqlstm::embedding_bag_forward")
 def _embedding_bag_forward_fake(
     weight, indices, offsets, per_sample_weights, output_order, sparse=False
 ):
+    _check_same_device(
+        "weight", weight, indices=indices, offsets=offsets,
+        per_sample_weights=per_sample_weights, output_order=output_order,
+    )
     num_samples = offsets.shape[0] - 1
     return weight.new_empty((num_samples, weight.shape[1]))
 
@@ -24,6 +40,10 @@ def _embedding_bag_backward_fake(
     grad_output, indices, offsets, per_sample_weights, output_order, num_embeddings,
     deterministic,
 ):
+    _check_same_device(
+        "grad_output", grad_output, indices=indices, offsets=offsets,
+        per_sample_weights=per_sample_weights, output_order=output_order,
+    )
     return grad_output.new_empty((num_embeddings, grad_output.shape[1]))
 
 
@@ -31,6 +51,10 @@ def _embedding_bag_backward_fake(
 def _embedding_bag_backward_values_fake(
     grad_output, indices, offsets, per_sample_weights, output_order, num_embeddings
 ):
+    _check_same_device(
+        "grad_output", grad_output, indices=indices, offsets=offsets,
+        per_sample_weights=per_sample_weights, output_order=output_order,
+    )
     return grad_output.new_empty((indices.shape[0], grad_output.shape[1]))
 
 
@@ -40,16 +64,10 @@ def _embedding_bag_backward_values_fake(
 
 def _check_lstm_devices(input, batch_sizes, **tensors):
     """Raise the kernels' error when batch_sizes is not on the CPU or another tensor is
-    not on input's device. A meta tensor among CPU tensors dispatches the call to the
-    fake kernel, which would otherwise return uninitialised CPU tensors."""
+    not on input's device."""
     if batch_sizes.device.type != "cpu":
         raise ValueError(f"batch_sizes must be on cpu, got {batch_sizes.device}")
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.device != input.device:
-            raise ValueError(
-                f"{name} must be on the same device as input ({input.device}), got "
-                f"{tensor.device}"
-            )
+    _check_same_device("input", input, **tensors)
 
 
 @torch.library.register_fake("seqlstm::lstm_forward")
@@ -124,3 +142,33 @@ def _lstm_layer_fake(
 # (csrc/lstm_autograd.cpp) for every backend. Their backward calls seqlstm::lstm_backward,
 # and a Python formula here added about 0.1 ms per forward and backward at N = 44, L = 12,
 # H_in = 50, H = 25.
+
+
+@torch.library.register_fake("seqlstm::softmax_cross_entropy")
+def _softmax_cross_entropy_fake(logits, labels):
+    _check_same_device("logits", logits, labels=labels)
+    return logits.new_empty(()), logits.new_empty((), dtype=torch.int64)
+
+
+@torch.library.register_fake("seqlstm::softmax_cross_entropy_backward")
+def _softmax_cross_entropy_backward_fake(grad_loss, logits, labels):
+    _check_same_device("logits", logits, grad_loss=grad_loss, labels=labels)
+    return logits.new_empty(logits.shape)
+
+
+@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy")
+def _linear_softmax_cross_entropy_fake(input, weight, bias, labels):
+    _check_same_device("input", input, weight=weight, bias=bias, labels=labels)
+    return input.new_empty(()), input.new_empty((), dtype=torch.int64)
+
+
+@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy_backward")
+def _linear_softmax_cross_entropy_backward_fake(grad_loss, input, weight, bias, labels):
+    _check_same_device(
+        "input", input, grad_loss=grad_loss, weight=weight, bias=bias, labels=labels
+    )
+    grad_bias = input.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)
+    return input.new_empty(input.shape), weight.new_empty(weight.shape), grad_bias
+
+
+# The autograd of the two loss operators is registered in C++ (csrc/loss_autograd.cpp).

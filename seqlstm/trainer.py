@@ -126,27 +126,6 @@ _softmax_cross_entropy = torch.ops.seqlstm.softmax_cross_entropy.default
 _linear_softmax_cross_entropy = torch.ops.seqlstm.linear_softmax_cross_entropy.default
 
 
-@torch.library.register_fake("seqlstm::softmax_cross_entropy")
-def _softmax_cross_entropy_fake(logits, labels):
-    return logits.new_empty(()), logits.new_empty((), dtype=torch.int64)
-
-
-@torch.library.register_fake("seqlstm::softmax_cross_entropy_backward")
-def _softmax_cross_entropy_backward_fake(grad_loss, logits, labels):
-    return logits.new_empty(logits.shape)
-
-
-@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy")
-def _linear_softmax_cross_entropy_fake(input, weight, bias, labels):
-    return input.new_empty(()), input.new_empty((), dtype=torch.int64)
-
-
-@torch.library.register_fake("seqlstm::linear_softmax_cross_entropy_backward")
-def _linear_softmax_cross_entropy_backward_fake(grad_loss, input, weight, bias, labels):
-    grad_bias = input.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)
-    return input.new_empty(input.shape), weight.new_empty(weight.shape), grad_bias
-
-
 @dataclass
 class TrainState:
     """Counters that a checkpoint restores alongside model, learner and reader."""

@@ -355,3 +355,14 @@ def test_sparse_embedding_bad_sizes_rejected(arguments, message):
 def test_sparse_embedding_unknown_init_rejected():
     with pytest.raises(ValueError, match="init must be 'glorot_uniform' or 'normal', got 'zeros'"):
         seqlstm.SparseEmbedding(4, 2, init="zeros")
+
+
+def test_meta_indices_raise():
+    # A meta tensor among CPU tensors sends the call to the fake kernel, which checks
+    # devices as the kernels do instead of returning uninitialised memory.
+    message = r"indices must be on the same device as weight \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        torch.ops.seqlstm.embedding_bag_forward(
+            torch.randn(10, 3), torch.tensor([1, 2], device="meta"), torch.tensor([0, 1, 2]),
+            None, None,
+        )

@@ -1,10 +1,13 @@
 """The fused softmax cross-entropy operators against torch's loss and argmax."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import seqlstm.trainer  # noqa: F401  (registers the operator's fake kernels)
+import seqlstm  # noqa: F401  (registers the operators' fake kernels)
 
 softmax_cross_entropy = torch.ops.seqlstm.softmax_cross_entropy
 
@@ -192,4 +195,37 @@ def test_linear_input_integer_dtype():
     with pytest.raises(TypeError, match="input must have a floating-point dtype"):
         linear_softmax_cross_entropy(
             torch.zeros(2, 3, dtype=torch.int64), torch.zeros(5, 3), None, torch.zeros(2, 5)
+        )
+
+
+def test_fake_kernels_registered_by_package_import():
+    # Without seqlstm.trainer, as a user calling the operators under torch.compile would.
+    script = (
+        "import sys, torch, seqlstm\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "assert 'seqlstm.trainer' not in sys.modules\n"
+        "with FakeTensorMode():\n"
+        "    loss, errors = torch.ops.seqlstm.linear_softmax_cross_entropy(\n"
+        "        torch.randn(4, 3), torch.randn(5, 3), None, torch.eye(5)[:4])\n"
+        "print(tuple(loss.shape), errors.dtype)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "() torch.int64"
+
+
+def test_meta_labels_raise():
+    # A meta tensor among CPU tensors sends the call to the fake kernel.
+    message = r"labels must be on the same device as logits \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        softmax_cross_entropy(torch.randn(2, 3), torch.eye(3)[:2].to("meta"))
+
+
+def test_linear_meta_weight_raises():
+    message = r"weight must be on the same device as input \(cpu\), got meta"
+    with pytest.raises(ValueError, match=message):
+        torch.ops.seqlstm.linear_softmax_cross_entropy(
+            torch.randn(2, 3), torch.randn(4, 3, device="meta"), None, torch.eye(4)[:2]
         )
