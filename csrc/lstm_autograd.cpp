@@ -54,6 +54,10 @@ const c10::TypedOperatorHandle<LstmBackwardSignature>& lstm_backward_op() {
   return op;
 }
 
+std::optional<at::Tensor> optional_if_defined(const at::Tensor& tensor) {
+  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
+}
+
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
@@ -85,8 +89,6 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight_hr = saved[6];
-    const std::optional<at::Tensor> weight_hr_arg =
-        weight_hr.defined() ? std::optional<at::Tensor>(weight_hr) : std::nullopt;
     const at::Tensor& output = saved[7];
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const at::Tensor grad_h_n = grads[1].defined() ? grads[1] : at::zeros_like(saved[2]);
@@ -94,8 +96,9 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     auto [grad_input, grad_h_0, grad_c_0, grad_weight_ih, grad_weight_hh, grad_bias,
           grad_weight_hr] =
         lstm_backward_op().call(grad_output, grad_h_n, grad_c_n, input, saved[1], saved[2],
-                                saved[3], saved[4], saved[5], weight_hr_arg, saved[7],
-                                saved[8], saved[9], ctx->saved_data["algorithm"].toInt());
+                                saved[3], saved[4], saved[5], optional_if_defined(weight_hr),
+                                saved[7], saved[8], saved[9],
+                                ctx->saved_data["algorithm"].toInt());
     return {grad_input,
             at::Tensor(),
             grad_h_0,
@@ -132,14 +135,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
 // c_n (N, H) in the caller's order.
 
 using LstmLayerResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-at::Tensor tensor_or_undefined(const std::optional<at::Tensor>& tensor) {
-  return tensor.has_value() ? *tensor : at::Tensor();
-}
-
-std::optional<at::Tensor> optional_if_defined(const at::Tensor& tensor) {
-  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
-}
 
 void check_order_indices(const at::Tensor& indices, const char* name, const at::Tensor& input,
                          int64_t batch_size) {
@@ -191,15 +186,15 @@ LstmLayerResult lstm_layer_kernel(
     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const std::optional<at::Tensor>& bias_ih_arg, const std::optional<at::Tensor>& bias_hh_arg,
     const std::optional<at::Tensor>& weight_hr, int64_t algorithm) {
-  const at::Tensor sorted_indices = tensor_or_undefined(sorted_indices_arg);
-  const at::Tensor unsorted_indices = tensor_or_undefined(unsorted_indices_arg);
+  const at::Tensor sorted_indices = sorted_indices_arg.value_or(at::Tensor());
+  const at::Tensor unsorted_indices = unsorted_indices_arg.value_or(at::Tensor());
   // First what lstm_forward checks first, so that those arguments get its messages, and
   // before anything is allocated. Then the arguments it never gets: the order indices,
   // the caller's states and the two biases, which it only gets as their sum.
   const LstmSizes sizes = check_lstm_batch(input, batch_sizes);
   const int64_t batch_size = sizes.batch_size;
   const int64_t hidden_size = check_weight_hh_rows(weight_hh);
-  const int64_t proj_size = check_weight_hr(tensor_or_undefined(weight_hr), hidden_size);
+  const int64_t proj_size = check_weight_hr(weight_hr.value_or(at::Tensor()), hidden_size);
   check_defined(weight_ih, "weight_ih");
   check_same_dtype(weight_ih, "weight_ih", input, "input");
   check_same_dtype(weight_hh, "weight_hh", input, "input");
@@ -215,8 +210,8 @@ LstmLayerResult lstm_layer_kernel(
     }
   }
 
-  const at::Tensor h_0 = tensor_or_undefined(h_0_arg);
-  const at::Tensor c_0 = tensor_or_undefined(c_0_arg);
+  const at::Tensor h_0 = h_0_arg.value_or(at::Tensor());
+  const at::Tensor c_0 = c_0_arg.value_or(at::Tensor());
   for (const auto& [state, name] : {std::pair{&h_0, "h_0"}, std::pair{&c_0, "c_0"}}) {
     if (state->defined()) {
       check_dim(*state, name, 2);
@@ -228,8 +223,8 @@ LstmLayerResult lstm_layer_kernel(
     }
   }
 
-  const at::Tensor bias_ih = tensor_or_undefined(bias_ih_arg);
-  const at::Tensor bias_hh = tensor_or_undefined(bias_hh_arg);
+  const at::Tensor bias_ih = bias_ih_arg.value_or(at::Tensor());
+  const at::Tensor bias_hh = bias_hh_arg.value_or(at::Tensor());
   at::Tensor bias;
   if (bias_ih.defined()) {
     check_layer_bias(bias_ih, "bias_ih", input, weight_hh);
@@ -292,11 +287,11 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
     // The number of sequences, for zero states in backward. h_n and c_n themselves are
     // not saved, so that the caller may change them in place.
     ctx->saved_data["batch_size"] = h_n.sym_size(0);
-    ctx->save_for_backward({input, batch_sizes, tensor_or_undefined(h_0),
-                            tensor_or_undefined(c_0), weight_ih, weight_hh,
-                            tensor_or_undefined(weight_hr), output, gates, cell,
-                            tensor_or_undefined(sorted_indices),
-                            tensor_or_undefined(unsorted_indices)});
+    ctx->save_for_backward({input, batch_sizes, h_0.value_or(at::Tensor()),
+                            c_0.value_or(at::Tensor()), weight_ih, weight_hh,
+                            weight_hr.value_or(at::Tensor()), output, gates, cell,
+                            sorted_indices.value_or(at::Tensor()),
+                            unsorted_indices.value_or(at::Tensor())});
     ctx->mark_non_differentiable({gates, cell});
     // Missing gradients stay undefined, so that the final states and gates, which
     // often take none, cost no zero-filled tensors. backward fills in those it needs.
