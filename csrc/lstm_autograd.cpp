@@ -172,12 +172,12 @@ void check_layer_bias(const at::Tensor& bias, const char* name, const at::Tensor
   check_same_device(bias, name, input, "input");
 }
 
-// Initial state `state`, given in the caller's order, in the packed order.
+// Returns `state`, given in the caller's order, in the packed order.
 at::Tensor packed_state(const at::Tensor& state, const at::Tensor& sorted_indices) {
   return sorted_indices.defined() ? state.index_select(0, sorted_indices) : state;
 }
 
-// The kernel for every backend: checks what lstm_forward does not, then calls it.
+// Runs lstm_layer on any backend: checks what lstm_forward does not, then calls it.
 LstmLayerResult lstm_layer_kernel(
     const at::Tensor& input, const at::Tensor& batch_sizes,
     const std::optional<at::Tensor>& sorted_indices_arg,
@@ -188,9 +188,9 @@ LstmLayerResult lstm_layer_kernel(
     const std::optional<at::Tensor>& weight_hr, int64_t algorithm) {
   const at::Tensor sorted_indices = sorted_indices_arg.value_or(at::Tensor());
   const at::Tensor unsorted_indices = unsorted_indices_arg.value_or(at::Tensor());
-  // First what lstm_forward checks first, so that those arguments get its messages, and
-  // before anything is allocated. Then the arguments it never gets: the order indices,
-  // the caller's states and the two biases, which it only gets as their sum.
+  // Check the batch and weights as lstm_forward does, so that they get its messages and
+  // are valid before anything is allocated. Then check what lstm_forward never gets: the
+  // order indices, the caller's states and the two biases (it gets only their sum).
   const LstmSizes sizes = check_lstm_batch(input, batch_sizes);
   const int64_t batch_size = sizes.batch_size;
   const int64_t hidden_size = check_weight_hh_rows(weight_hh);

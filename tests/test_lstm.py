@@ -355,7 +355,7 @@ def layer_arguments(dtype, proj_size=0, states=True, order=True, requires_grad=T
 
 def layer_by_composition(input, batch_sizes, sorted_indices, unsorted_indices, h_0, c_0,
                          weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
-    """lstm_layer written with torch operators around lstm_forward."""
+    """Compute lstm_layer with torch operators around lstm_forward."""
     output_size = weight_hh.shape[1]
     batch_size = int(batch_sizes[0])
     if h_0 is None:
@@ -422,7 +422,7 @@ def test_layer_gradient_reaches_one_sequence():
 
 
 def test_final_states_changed_in_place_keep_backward():
-    # torch.nn.LSTM allows it, since its backward needs no final state.
+    # torch.nn.LSTM allows this, so seqlstm.LSTM must too.
     reference, ours = make_pair(3, 4)
     x = torch.randn(5, 2, 3)
     for module in (reference, ours):

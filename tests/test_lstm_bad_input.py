@@ -202,7 +202,7 @@ def test_backward_output_wrong_shape():
 
 
 def call_layer(**replace):
-    """lstm_layer on forward_arguments' batch, in the caller's order (2, 0, 1), with
+    """Call lstm_layer on forward_arguments' batch, in the caller's order (2, 0, 1), with
     the named arguments replaced."""
     forward = forward_arguments()
     arguments = {
