@@ -51,6 +51,8 @@ TORCH_LIBRARY(seqlstm, m) {
   m.def(
       "padded_pack_order(Tensor lengths, int num_steps) -> (Tensor batch_sizes, "
       "Tensor sorted_indices, Tensor unsorted_indices, Tensor source_rows)");
+  m.def("gather_rows(Tensor source, Tensor rows) -> Tensor");
+  m.def("scatter_add_rows(Tensor source, Tensor rows, SymInt num_rows) -> Tensor");
   m.def("softmax_cross_entropy(Tensor logits, Tensor labels) -> (Tensor loss, Tensor errors)");
   m.def(
       "softmax_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels) -> "

@@ -17,6 +17,8 @@ from seqlstm.packing import check_lengths_tensor
 
 # The operators' only overloads, called directly to skip the overload lookup per call.
 _lstm_layer = torch.ops.seqlstm.lstm_layer.default
+_gather_rows = torch.ops.seqlstm.gather_rows.default
+_scatter_add_rows = torch.ops.seqlstm.scatter_add_rows.default
 _padded_pack_order = torch.ops.seqlstm.padded_pack_order.default
 
 
@@ -261,7 +263,7 @@ class LSTM(nn.Module):
                 sorted_indices = sorted_indices.to(device)
                 unsorted_indices = unsorted_indices.to(device)
                 flat = padded.reshape(num_steps * batch_size, padded.shape[2])
-                data = flat.index_select(0, source_rows)
+                data = _gather_rows(flat, source_rows)
 
         if data.dim() != 2 or data.shape[1] != self.input_size:
             raise ValueError(
@@ -281,8 +283,7 @@ class LSTM(nn.Module):
         elif sorted_indices is None:
             output = output.view(num_steps, batch_size, output.shape[1])
         else:
-            padded_output = output.new_zeros(num_steps * batch_size, output.shape[1])
-            padded_output = padded_output.index_copy(0, source_rows, output)
+            padded_output = _scatter_add_rows(output, source_rows, num_steps * batch_size)
             output = padded_output.view(num_steps, batch_size, output.shape[1])
         if not packed_input:
             if self.batch_first:
@@ -337,7 +338,7 @@ class LSTM(nn.Module):
                     None if name is None else getattr(self, name) for name in names
                 )
                 direction_input = (
-                    layer_input if direction == 0 else layer_input[reverse_rows]
+                    layer_input if direction == 0 else _gather_rows(layer_input, reverse_rows)
                 )
                 output, h, c, _, _ = _lstm_layer(
                     direction_input,
@@ -353,7 +354,9 @@ class LSTM(nn.Module):
                     weight_hr,
                     self.algorithm,
                 )
-                outputs.append(output if direction == 0 else output[reverse_rows])
+                outputs.append(
+                    output if direction == 0 else _gather_rows(output, reverse_rows)
+                )
                 h_n.append(h)
                 c_n.append(c)
             layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, 1)

@@ -144,6 +144,18 @@ def _lstm_layer_fake(
 # H_in = 50, H = 25.
 
 
+@torch.library.register_fake("seqlstm::gather_rows")
+def _gather_rows_fake(source, rows):
+    _check_same_device("source", source, rows=rows)
+    return source.new_empty((rows.shape[0], source.shape[1]))
+
+
+@torch.library.register_fake("seqlstm::scatter_add_rows")
+def _scatter_add_rows_fake(source, rows, num_rows):
+    _check_same_device("source", source, rows=rows)
+    return source.new_empty((num_rows, source.shape[1]))
+
+
 @torch.library.register_fake("seqlstm::softmax_cross_entropy")
 def _softmax_cross_entropy_fake(logits, labels):
     _check_same_device("logits", logits, labels=labels)

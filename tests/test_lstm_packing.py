@@ -131,3 +131,109 @@ def test_pack_order_operator_wrong_dtype():
 def test_pack_order_operator_not_1d():
     with pytest.raises(ValueError, match="lengths must have 1 dimensions, got 2"):
         torch.ops.seqlstm.pack_order(torch.tensor([[1, 2]]))
+
+
+_gather_rows = torch.ops.seqlstm.gather_rows.default
+_scatter_add_rows = torch.ops.seqlstm.scatter_add_rows.default
+
+# Rows with a repeat (1), a row no entry reaches in a scatter into 6 (2, 4) and the
+# last row (5).
+_ROWS = torch.tensor([3, 1, 1, 5, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gather_rows_matches_index_select(dtype):
+    source = torch.randn(6, 3).to(dtype)
+    assert torch.equal(_gather_rows(source, _ROWS), source.index_select(0, _ROWS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scatter_add_rows_matches_index_add(dtype):
+    source = torch.randn(5, 3).to(dtype)
+    expected = torch.zeros(6, 3, dtype=dtype).index_add_(0, _ROWS, source)
+    actual = _scatter_add_rows(source, _ROWS, 6)
+    assert torch.equal(actual[[2, 4]], torch.zeros(2, 3, dtype=dtype))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_gather_rows_reads_a_transposed_source():
+    source = torch.randn(3, 6).t()
+    assert torch.equal(_gather_rows(source, _ROWS), source[_ROWS])
+
+
+def test_gather_and_scatter_rows_gradcheck():
+    source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: _gather_rows(s, _ROWS), (source,))
+    assert torch.autograd.gradgradcheck(lambda s: _gather_rows(s, _ROWS), (source,))
+    rows_source = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: _scatter_add_rows(s, _ROWS, 7), (rows_source,))
+    assert torch.autograd.gradgradcheck(lambda s: _scatter_add_rows(s, _ROWS, 7), (rows_source,))
+
+
+def test_gather_and_scatter_rows_opcheck():
+    torch.library.opcheck(_gather_rows, (torch.randn(6, 3, requires_grad=True), _ROWS))
+    torch.library.opcheck(_scatter_add_rows, (torch.randn(5, 3, requires_grad=True), _ROWS, 6))
+    empty_rows = torch.zeros(0, dtype=torch.int64)
+    torch.library.opcheck(_gather_rows, (torch.randn(6, 3), empty_rows))
+    torch.library.opcheck(_scatter_add_rows, (torch.randn(0, 3), empty_rows, 4))
+
+
+def test_gather_and_scatter_rows_compile():
+    def move(source):
+        packed = _gather_rows(source, _ROWS)
+        return _scatter_add_rows(packed * 2, _ROWS, 6)
+
+    source = torch.randn(6, 3)
+    compiled = torch.compile(move, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(source), move(source))
+
+
+@pytest.mark.parametrize("row", [6, -1])
+def test_gather_rows_row_out_of_range_names_position(row):
+    rows = torch.tensor([0, row])
+    with pytest.raises(IndexError, match=rf"rows\[1\] = {row} must lie in \[0, source.size\(0\)\) = \[0, 6\)"):
+        _gather_rows(torch.randn(6, 3), rows)
+
+
+@pytest.mark.parametrize("row", [4, -1])
+def test_scatter_add_rows_row_out_of_range_names_position(row):
+    rows = torch.tensor([0, row])
+    with pytest.raises(IndexError, match=rf"rows\[1\] = {row} must lie in \[0, num_rows\) = \[0, 4\)"):
+        _scatter_add_rows(torch.randn(2, 3), rows, 4)
+
+
+def test_scatter_add_rows_negative_num_rows():
+    with pytest.raises(ValueError, match="num_rows must not be negative, got -1"):
+        _scatter_add_rows(torch.randn(2, 3), torch.tensor([0, 1]), -1)
+
+
+def test_scatter_add_rows_source_rows_differ_from_rows():
+    with pytest.raises(ValueError, match=r"source must have one row per entry of rows \(2\), got shape \(3, 3\)"):
+        _scatter_add_rows(torch.randn(3, 3), torch.tensor([0, 1]), 4)
+
+
+@pytest.mark.parametrize("operator,args", [
+    (_gather_rows, (torch.randn(6), _ROWS)),
+    (_scatter_add_rows, (torch.randn(5), _ROWS, 6)),
+])
+def test_rows_operators_source_not_2d(operator, args):
+    with pytest.raises(ValueError, match=r"source must have 2 dimensions, got 1 with shape \("):
+        operator(*args)
+
+
+@pytest.mark.parametrize("rows,error,message", [
+    (torch.tensor([0.0, 1.0]), TypeError, "rows must have dtype Long, got Float"),
+    (torch.tensor([[0, 1]]), ValueError, r"rows must have 1 dimensions, got 2 with shape \(1, 2\)"),
+    (torch.tensor([0, 1], device="meta"), ValueError,
+     r"rows must be on the same device as source \(cpu\), got meta"),
+])
+def test_rows_operators_bad_rows(rows, error, message):
+    with pytest.raises(error, match=message):
+        _gather_rows(torch.randn(6, 3), rows)
+    with pytest.raises(error, match=message):
+        _scatter_add_rows(torch.randn(2, 3), rows, 6)
+
+
+def test_rows_operators_integer_source():
+    with pytest.raises(TypeError, match="source must have a floating-point dtype, got Long"):
+        _gather_rows(torch.arange(6).unsqueeze(1), _ROWS)

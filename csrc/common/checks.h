@@ -294,4 +294,25 @@ inline void check_lstm_backward_args(const LstmSizes& sizes, const at::Tensor& i
   }
 }
 
+
+// Checks the arguments of gather_rows and scatter_add_rows that every backend shares:
+// source (., F) floating, rows (K,) int64 on source's device, and for scatter_add_rows
+// (num_rows >= 0) one row of source per entry of rows. The values of rows are checked
+// by the CPU kernels only, since reading them on a GPU costs a sync.
+inline void check_rows_args(const at::Tensor& source, const at::Tensor& rows) {
+  check_dim(source, "source", 2);
+  check_floating(source, "source");
+  check_dim(rows, "rows", 1);
+  check_dtype(rows, "rows", at::kLong);
+  check_same_device(rows, "rows", source, "source");
+}
+
+inline void check_scatter_rows_args(const at::Tensor& source, const at::Tensor& rows,
+                                    int64_t num_rows) {
+  check_rows_args(source, rows);
+  TORCH_CHECK_VALUE(source.size(0) == rows.size(0), "source must have one row per entry of "
+                    "rows (", rows.size(0), "), got shape ", shape_string(source.sizes()));
+  TORCH_CHECK_VALUE(num_rows >= 0, "num_rows must not be negative, got ", num_rows);
+}
+
 }  // namespace seqlstm

@@ -147,6 +147,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_order_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> padded_pack_order_cpu(
     const at::Tensor& lengths, int64_t num_steps);
 
+// Moves rows between a padded and a packed layout, or any two row orders:
+//   gather_rows: output[r] = source[rows[r]], (K, F) from source (R, F) and rows (K,).
+//   scatter_add_rows: output (num_rows, F) is zero except output[rows[r]] += source[r],
+//     from source (K, F) and rows (K,).
+// Each is the other's gradient. rows is int64 and every entry must lie in
+// [0, source rows) for gather_rows and in [0, num_rows) for scatter_add_rows.
+at::Tensor gather_rows_cpu(const at::Tensor& source, const at::Tensor& rows);
+at::Tensor scatter_add_rows_cpu(const at::Tensor& source, const at::Tensor& rows,
+                                int64_t num_rows);
+
 // Softmax cross-entropy summed over the rows of logits (N, C), and the number of rows
 // whose first argmax of logits differs from their class. The class of row n is the
 // first argmax of labels[n]. Returns (loss, errors), 0-d tensors of logits' dtype and

@@ -1,9 +1,10 @@
 // The packed layout of a batch of variable-length sequences (PackedSequence's), computed
-// once per minibatch on the host.
+// once per minibatch on the host, and the row moves between it and a padded layout.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -119,9 +120,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> padded_pack_order_cpu
   return {sorted.batch_sizes, sorted.sorted_indices, sorted.unsorted_indices, source_rows};
 }
 
+namespace {
+
+// Checks that rows[r] lies in [0, bound), where `bound_name` names the bound. The kernels
+// check each entry just before they use it.
+C10_ALWAYS_INLINE void check_row_value(const int64_t* row, int64_t r, int64_t bound,
+                                       const char* bound_name) {
+  TORCH_CHECK_INDEX(row[r] >= 0 && row[r] < bound, "rows[", r, "] = ", row[r],
+                    " must lie in [0, ", bound_name, ") = [0, ", bound, ")");
+}
+
+}  // namespace
+
+at::Tensor gather_rows_cpu(const at::Tensor& source_arg, const at::Tensor& rows_arg) {
+  check_rows_args(source_arg, rows_arg);
+  check_device_type(source_arg, "source", c10::DeviceType::CPU);
+  const at::Tensor source = source_arg.contiguous();
+  const at::Tensor rows = rows_arg.contiguous();
+  at::Tensor output = at::empty({rows.size(0), source.size(1)}, source.options());
+  // Whole rows are copied as bytes, so one loop serves every dtype.
+  const int64_t row_bytes = source.size(1) * source.element_size();
+  const char* from = static_cast<const char*>(source.const_data_ptr());
+  char* to = static_cast<char*>(output.data_ptr());
+  const int64_t* row = rows.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows.size(0); ++r) {
+    check_row_value(row, r, source.size(0), "source.size(0)");
+    std::memcpy(to + r * row_bytes, from + row[r] * row_bytes, row_bytes);
+  }
+  return output;
+}
+
+at::Tensor scatter_add_rows_cpu(const at::Tensor& source_arg, const at::Tensor& rows_arg,
+                                int64_t num_rows) {
+  check_scatter_rows_args(source_arg, rows_arg, num_rows);
+  check_device_type(source_arg, "source", c10::DeviceType::CPU);
+  const at::Tensor source = source_arg.contiguous();
+  const at::Tensor rows = rows_arg.contiguous();
+  const int64_t width = source.size(1);
+  at::Tensor output = at::empty({num_rows, width}, source.options());
+  const int64_t* row = rows.const_data_ptr<int64_t>();
+  // The first source row for an output row is copied, later ones are added, and output
+  // rows that no source row reaches are zeroed: each output row is written once.
+  std::vector<bool> written(num_rows, false);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(),
+                                  "scatter_add_rows_cpu", [&] {
+    const scalar_t* from = source.const_data_ptr<scalar_t>();
+    scalar_t* to = output.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < rows.size(0); ++r) {
+      check_row_value(row, r, num_rows, "num_rows");
+      const scalar_t* source_row = from + r * width;
+      scalar_t* target = to + row[r] * width;
+      if (written[row[r]]) {
+        for (int64_t j = 0; j < width; ++j) {
+          target[j] += source_row[j];
+        }
+      } else {
+        std::copy(source_row, source_row + width, target);
+        written[row[r]] = true;
+      }
+    }
+    for (int64_t target = 0; target < num_rows; ++target) {
+      if (!written[target]) {
+        std::fill(to + target * width, to + (target + 1) * width, scalar_t(0));
+      }
+    }
+  });
+  return output;
+}
+
 }  // namespace seqlstm
 
 TORCH_LIBRARY_IMPL(seqlstm, CPU, m) {
   m.impl("pack_order", &seqlstm::pack_order_cpu);
   m.impl("padded_pack_order", &seqlstm::padded_pack_order_cpu);
+  m.impl("gather_rows", &seqlstm::gather_rows_cpu);
+  m.impl("scatter_add_rows", &seqlstm::scatter_add_rows_cpu);
 }

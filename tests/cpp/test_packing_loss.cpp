@@ -1,4 +1,4 @@
-// The CPU pack_order and softmax cross-entropy kernels called directly, without Python.
+// The CPU packing and softmax cross-entropy kernels called directly, without Python.
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -28,6 +28,27 @@ TEST_CASE("pack_order sorts longest first and keeps ties in order") {
 TEST_CASE("pack_order length zero names its position") {
   EXPECT_THROWS_WITH(seqlstm::pack_order_cpu(at::tensor({3, 0}, at::kLong)),
                      "lengths[1] must be at least 1, got 0");
+}
+
+TEST_CASE("gather_rows and scatter_add_rows move rows and add repeats") {
+  const at::Tensor source = at::arange(8, at::kFloat).reshape({4, 2});
+  const at::Tensor rows = at::tensor({2, 0, 2}, at::kLong);
+  const at::Tensor gathered = seqlstm::gather_rows_cpu(source, rows);
+  EXPECT_TRUE(at::equal(gathered, source.index_select(0, rows)));
+  // Row 2 gets two source rows added, rows 1 and 3 none.
+  const at::Tensor scattered = seqlstm::scatter_add_rows_cpu(gathered, rows, 4);
+  const at::Tensor expected =
+      at::tensor({0.0f, 1.0f, 0.0f, 0.0f, 8.0f, 10.0f, 0.0f, 0.0f}).reshape({4, 2});
+  EXPECT_TRUE(at::equal(scattered, expected));
+}
+
+TEST_CASE("gather_rows and scatter_add_rows name a row out of range") {
+  const at::Tensor source = at::zeros({3, 2});
+  EXPECT_THROWS_WITH(seqlstm::gather_rows_cpu(source, at::tensor({0, 3}, at::kLong)),
+                     "rows[1] = 3 must lie in [0, source.size(0)) = [0, 3)");
+  EXPECT_THROWS_WITH(
+      seqlstm::scatter_add_rows_cpu(at::zeros({2, 2}), at::tensor({-1, 0}, at::kLong), 5),
+      "rows[0] = -1 must lie in [0, num_rows) = [0, 5)");
 }
 
 TEST_CASE("softmax cross-entropy sums rows and counts errors") {
