@@ -73,12 +73,18 @@ class ScatterAddRowsFunction : public torch::autograd::Function<ScatterAddRowsFu
   }
 };
 
+// The autograd kernels check that both tensors are given and dense, which the autograd
+// machinery needs before the backend kernels check the rest.
 at::Tensor gather_rows_autograd(const at::Tensor& source, const at::Tensor& rows) {
+  check_dense(source, "source");
+  check_dense(rows, "rows");
   return GatherRowsFunction::apply(source, rows);
 }
 
 at::Tensor scatter_add_rows_autograd(const at::Tensor& source, const at::Tensor& rows,
                                      c10::SymInt num_rows) {
+  check_dense(source, "source");
+  check_dense(rows, "rows");
   return ScatterAddRowsFunction::apply(source, rows, std::move(num_rows));
 }
 

@@ -144,15 +144,51 @@ def _lstm_layer_fake(
 # H_in = 50, H = 25.
 
 
+_ROWS_SOURCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_rows_args(source, rows):
+    """Raise the kernels' errors (check_rows_args in csrc/common/checks.h) for the
+    arguments of gather_rows and scatter_add_rows."""
+    for name, tensor in (("source", source), ("rows", rows)):
+        if tensor.is_nested:
+            raise ValueError(f"{name} must be a dense tensor, got a nested tensor")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{name} must be a dense tensor, got layout {tensor.layout}")
+    if source.dim() != 2:
+        raise ValueError(
+            f"source must have 2 dimensions, got {source.dim()} with shape "
+            f"{tuple(source.shape)}"
+        )
+    if source.dtype not in _ROWS_SOURCE_DTYPES:
+        raise TypeError(
+            f"source must have dtype float16, bfloat16, float32 or float64, got {source.dtype}"
+        )
+    if rows.dim() != 1:
+        raise ValueError(
+            f"rows must have 1 dimensions, got {rows.dim()} with shape {tuple(rows.shape)}"
+        )
+    if rows.dtype != torch.int64:
+        raise TypeError(f"rows must have dtype Long, got {rows.dtype}")
+    _check_same_device("source", source, rows=rows)
+
+
 @torch.library.register_fake("seqlstm::gather_rows")
 def _gather_rows_fake(source, rows):
-    _check_same_device("source", source, rows=rows)
+    _check_rows_args(source, rows)
     return source.new_empty((rows.shape[0], source.shape[1]))
 
 
 @torch.library.register_fake("seqlstm::scatter_add_rows")
 def _scatter_add_rows_fake(source, rows, num_rows):
-    _check_same_device("source", source, rows=rows)
+    _check_rows_args(source, rows)
+    if source.shape[0] != rows.shape[0]:
+        raise ValueError(
+            f"source must have one row per entry of rows ({rows.shape[0]}), got shape "
+            f"{tuple(source.shape)}"
+        )
+    if num_rows < 0:
+        raise ValueError(f"num_rows must not be negative, got {num_rows}")
     return source.new_empty((num_rows, source.shape[1]))
 
 

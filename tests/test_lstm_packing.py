@@ -136,8 +136,8 @@ def test_pack_order_operator_not_1d():
 _gather_rows = torch.ops.seqlstm.gather_rows.default
 _scatter_add_rows = torch.ops.seqlstm.scatter_add_rows.default
 
-# Rows with a repeat (1), a row no entry reaches in a scatter into 6 (2, 4) and the
-# last row (5).
+# Row 1 repeats, a scatter into 6 rows leaves rows 2 and 4 without a source row, and
+# row 5 is the last.
 _ROWS = torch.tensor([3, 1, 1, 5, 0])
 
 
@@ -156,12 +156,12 @@ def test_scatter_add_rows_matches_index_add(dtype):
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_gather_rows_reads_a_transposed_source():
+def test_gather_rows_transposed_source():
     source = torch.randn(3, 6).t()
     assert torch.equal(_gather_rows(source, _ROWS), source[_ROWS])
 
 
-def test_gather_and_scatter_rows_gradcheck():
+def test_rows_operators_gradcheck():
     source = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s: _gather_rows(s, _ROWS), (source,))
     assert torch.autograd.gradgradcheck(lambda s: _gather_rows(s, _ROWS), (source,))
@@ -170,7 +170,7 @@ def test_gather_and_scatter_rows_gradcheck():
     assert torch.autograd.gradgradcheck(lambda s: _scatter_add_rows(s, _ROWS, 7), (rows_source,))
 
 
-def test_gather_and_scatter_rows_opcheck():
+def test_rows_operators_opcheck():
     torch.library.opcheck(_gather_rows, (torch.randn(6, 3, requires_grad=True), _ROWS))
     torch.library.opcheck(_scatter_add_rows, (torch.randn(5, 3, requires_grad=True), _ROWS, 6))
     empty_rows = torch.zeros(0, dtype=torch.int64)
@@ -178,7 +178,7 @@ def test_gather_and_scatter_rows_opcheck():
     torch.library.opcheck(_scatter_add_rows, (torch.randn(0, 3), empty_rows, 4))
 
 
-def test_gather_and_scatter_rows_compile():
+def test_rows_operators_compile():
     def move(source):
         packed = _gather_rows(source, _ROWS)
         return _scatter_add_rows(packed * 2, _ROWS, 6)
@@ -189,25 +189,25 @@ def test_gather_and_scatter_rows_compile():
 
 
 @pytest.mark.parametrize("row", [6, -1])
-def test_gather_rows_row_out_of_range_names_position(row):
+def test_gather_rows_row_out_of_range(row):
     rows = torch.tensor([0, row])
     with pytest.raises(IndexError, match=rf"rows\[1\] = {row} must lie in \[0, source.size\(0\)\) = \[0, 6\)"):
         _gather_rows(torch.randn(6, 3), rows)
 
 
 @pytest.mark.parametrize("row", [4, -1])
-def test_scatter_add_rows_row_out_of_range_names_position(row):
+def test_scatter_rows_row_out_of_range(row):
     rows = torch.tensor([0, row])
     with pytest.raises(IndexError, match=rf"rows\[1\] = {row} must lie in \[0, num_rows\) = \[0, 4\)"):
         _scatter_add_rows(torch.randn(2, 3), rows, 4)
 
 
-def test_scatter_add_rows_negative_num_rows():
+def test_scatter_rows_negative_num_rows():
     with pytest.raises(ValueError, match="num_rows must not be negative, got -1"):
         _scatter_add_rows(torch.randn(2, 3), torch.tensor([0, 1]), -1)
 
 
-def test_scatter_add_rows_source_rows_differ_from_rows():
+def test_scatter_rows_row_count_mismatch():
     with pytest.raises(ValueError, match=r"source must have one row per entry of rows \(2\), got shape \(3, 3\)"):
         _scatter_add_rows(torch.randn(3, 3), torch.tensor([0, 1]), 4)
 
@@ -234,6 +234,63 @@ def test_rows_operators_bad_rows(rows, error, message):
         _scatter_add_rows(torch.randn(2, 3), rows, 6)
 
 
-def test_rows_operators_integer_source():
-    with pytest.raises(TypeError, match="source must have a floating-point dtype, got Long"):
-        _gather_rows(torch.arange(6).unsqueeze(1), _ROWS)
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.float8_e5m2])
+def test_rows_operators_source_dtype(device, dtype):
+    # On meta tensors the fake kernels run, and they raise the kernels' errors.
+    rows = _ROWS.to(device)
+    message = "source must have dtype float16, bfloat16, float32 or float64, got"
+    with pytest.raises(TypeError, match=message):
+        _gather_rows(torch.zeros(6, 3, device=device).to(dtype), rows)
+    with pytest.raises(TypeError, match=message):
+        _scatter_add_rows(torch.zeros(5, 3, device=device).to(dtype), rows, 6)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_rows_operators_bad_shapes(device):
+    rows = _ROWS.to(device)
+    with pytest.raises(ValueError, match=r"rows must have 1 dimensions, got 0 with shape \(\)"):
+        _gather_rows(torch.zeros(6, 3, device=device), rows[0])
+    with pytest.raises(ValueError, match=r"source must have 2 dimensions, got 3"):
+        _gather_rows(torch.zeros(6, 3, 1, device=device), rows)
+    with pytest.raises(ValueError, match=r"source must have one row per entry of rows \(5\)"):
+        _scatter_add_rows(torch.zeros(4, 3, device=device), rows, 6)
+    with pytest.raises(ValueError, match="num_rows must not be negative, got -1"):
+        _scatter_add_rows(torch.zeros(5, 3, device=device), rows, -1)
+
+
+def test_rows_operators_none_argument():
+    with pytest.raises(ValueError, match="rows must be a tensor, got None"):
+        _gather_rows(torch.zeros(6, 3), None)
+    with pytest.raises(ValueError, match="source must be a tensor, got None"):
+        _scatter_add_rows(None, _ROWS, 6)
+
+
+def test_rows_operators_nested_source():
+    nested = torch.nested.as_nested_tensor([torch.zeros(2, 3), torch.zeros(3, 3)])
+    with pytest.raises(ValueError, match="source must be a dense tensor, got a nested tensor"):
+        _gather_rows(nested, _ROWS)
+
+
+def test_rows_operators_sparse_source():
+    sparse = torch.zeros(6, 3).to_sparse()
+    with pytest.raises(ValueError, match="source must be a dense tensor, got layout"):
+        _gather_rows(sparse, _ROWS)
+    with pytest.raises(ValueError, match="source must be a dense tensor, got layout"):
+        _scatter_add_rows(torch.zeros(5, 3).to_sparse(), _ROWS, 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scatter_rows_half_sums_in_float32(dtype):
+    # 4000 ones added one by one in bfloat16 stop growing at 256.
+    rows = torch.zeros(4000, dtype=torch.int64)
+    total = _scatter_add_rows(torch.ones(4000, 1, dtype=dtype), rows, 1)
+    assert total.dtype == dtype
+    assert total.item() == torch.tensor(4000.0).to(dtype).item()
+
+
+def test_scatter_rows_zero_columns():
+    output = _scatter_add_rows(torch.zeros(5, 0), _ROWS, 2**40)
+    assert output.shape == (2**40, 0)
+    with pytest.raises(IndexError, match=r"rows\[0\] = 3 must lie in \[0, num_rows\) = \[0, 2\)"):
+        _scatter_add_rows(torch.zeros(5, 0), _ROWS, 2)

@@ -294,14 +294,26 @@ inline void check_lstm_backward_args(const LstmSizes& sizes, const at::Tensor& i
   }
 }
 
-
 // Checks the arguments of gather_rows and scatter_add_rows that every backend shares:
-// source (., F) floating, rows (K,) int64 on source's device, and for scatter_add_rows
-// (num_rows >= 0) one row of source per entry of rows. The values of rows are checked
-// by the CPU kernels only, since reading them on a GPU costs a sync.
+// source (., F) dense with dtype float16, bfloat16, float32 or float64, rows (K,) int64
+// dense on source's device, and for scatter_add_rows (num_rows >= 0) one row of source
+// per entry of rows. The values of rows are checked by the CPU kernels only, since
+// reading them on a GPU costs a sync.
+inline void check_dense(const at::Tensor& tensor, const char* name) {
+  check_defined(tensor, name);
+  TORCH_CHECK_VALUE(!tensor.is_nested(), name, " must be a dense tensor, got a nested tensor");
+  TORCH_CHECK_VALUE(tensor.layout() == at::kStrided, name, " must be a dense tensor, got layout ",
+                    tensor.layout());
+}
+
 inline void check_rows_args(const at::Tensor& source, const at::Tensor& rows) {
+  check_dense(source, "source");
+  check_dense(rows, "rows");
   check_dim(source, "source", 2);
-  check_floating(source, "source");
+  const at::ScalarType dtype = source.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat ||
+                       dtype == at::kDouble,
+                   "source must have dtype float16, bfloat16, float32 or float64, got ", dtype);
   check_dim(rows, "rows", 1);
   check_dtype(rows, "rows", at::kLong);
   check_same_device(rows, "rows", source, "source");

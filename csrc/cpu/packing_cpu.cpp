@@ -154,16 +154,26 @@ at::Tensor scatter_add_rows_cpu(const at::Tensor& source_arg, const at::Tensor& 
                                 int64_t num_rows) {
   check_scatter_rows_args(source_arg, rows_arg, num_rows);
   check_device_type(source_arg, "source", c10::DeviceType::CPU);
+  const at::ScalarType dtype = source_arg.scalar_type();
+  if (dtype == at::kHalf || dtype == at::kBFloat16) {
+    // Rows that repeat are summed in float32, as index_add_ sums them.
+    return scatter_add_rows_cpu(source_arg.to(at::kFloat), rows_arg, num_rows).to(dtype);
+  }
   const at::Tensor source = source_arg.contiguous();
   const at::Tensor rows = rows_arg.contiguous();
   const int64_t width = source.size(1);
   at::Tensor output = at::empty({num_rows, width}, source.options());
   const int64_t* row = rows.const_data_ptr<int64_t>();
+  if (width == 0) {
+    for (int64_t r = 0; r < rows.size(0); ++r) {
+      check_row_value(row, r, num_rows, "num_rows");
+    }
+    return output;
+  }
   // The first source row for an output row is copied, later ones are added, and output
   // rows that no source row reaches are zeroed: each output row is written once.
   std::vector<bool> written(num_rows, false);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(),
-                                  "scatter_add_rows_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "scatter_add_rows_cpu", [&] {
     const scalar_t* from = source.const_data_ptr<scalar_t>();
     scalar_t* to = output.data_ptr<scalar_t>();
     for (int64_t r = 0; r < rows.size(0); ++r) {
