@@ -259,9 +259,10 @@ class LSTM(nn.Module):
                     _padded_pack_order(lengths, num_steps)
                 )
                 device = padded.device
-                source_rows = source_rows.to(device)
-                sorted_indices = sorted_indices.to(device)
-                unsorted_indices = unsorted_indices.to(device)
+                if device.type != "cpu":
+                    source_rows = source_rows.to(device)
+                    sorted_indices = sorted_indices.to(device)
+                    unsorted_indices = unsorted_indices.to(device)
                 flat = padded.reshape(num_steps * batch_size, padded.shape[2])
                 data = _gather_rows(flat, source_rows)
 
@@ -334,9 +335,7 @@ class LSTM(nn.Module):
             for direction in range(num_directions):
                 state = layer * num_directions + direction
                 names = self._layer_names[state]
-                weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
-                    None if name is None else getattr(self, name) for name in names
-                )
+                weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = self._layer_weights(names)
                 direction_input = (
                     layer_input if direction == 0 else _gather_rows(layer_input, reverse_rows)
                 )
@@ -365,6 +364,22 @@ class LSTM(nn.Module):
         if len(h_n) == 1:
             return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
+
+
+    def _layer_weights(self, names):
+        """Return the parameters of one layer and direction named by `names`, None
+        where a name is None."""
+        weights = []
+        for name in names:
+            if name is None:
+                weights.append(None)
+            elif name in self._parameters:
+                # The dictionary lookup skips nn.Module.__getattr__, about 2 us a name.
+                weights.append(self._parameters[name])
+            else:
+                # A parametrization replaced the parameter with a property.
+                weights.append(getattr(self, name))
+        return weights
 
 
 def _step_offsets(batch_sizes):

@@ -243,6 +243,32 @@ def test_loads_torch_state_dict():
     assert_close_scaled(output, expected, 1e-5, "output")
 
 
+class _Double(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+def test_parametrized_weight_is_used():
+    # A parametrization turns the parameter into a property that computes the weight.
+    reference, ours = make_pair(6, 4, dtype=torch.float64)
+    torch.nn.utils.parametrize.register_parametrization(ours, "weight_hh_l0", _Double())
+    with torch.no_grad():
+        reference.weight_hh_l0.mul_(2)
+    x = torch.randn(5, 2, 6, dtype=torch.float64)
+    expected, _ = reference(x)
+    output, _ = ours(x)
+    torch.testing.assert_close(output, expected)
+
+
+def test_functional_call_uses_given_weights():
+    reference, ours = make_pair(6, 4, dtype=torch.float64)
+    weights = {name: 3 * value for name, value in reference.state_dict().items()}
+    x = torch.randn(5, 2, 6, dtype=torch.float64)
+    expected, _ = torch.func.functional_call(reference, weights, (x,))
+    output, _ = torch.func.functional_call(ours, weights, (x,))
+    torch.testing.assert_close(output, expected)
+
+
 def test_dropout_one_zeroes_layer_input():
     # With p = 1 dropout is deterministic, so torch.nn.LSTM must agree exactly.
     reference, ours = make_pair(3, 4, dtype=torch.float64, num_layers=2, dropout=1.0)
