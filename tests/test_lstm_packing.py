@@ -156,8 +156,13 @@ def test_scatter_add_rows_matches_index_add(dtype):
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_gather_rows_transposed_source():
-    source = torch.randn(3, 6).t()
+@pytest.mark.parametrize("source", [
+    torch.randn(3, 6).t(),  # columns not adjacent
+    torch.randn(12, 3)[::2],  # rows two apart
+    torch.randn(1, 3).expand(6, 3),  # one row repeated, as an expanded gradient
+    torch.randn(6, 1).expand(6, 3),  # columns of stride 0
+])
+def test_gather_rows_strided_source(source):
     assert torch.equal(_gather_rows(source, _ROWS), source[_ROWS])
 
 

@@ -132,20 +132,30 @@ C10_ALWAYS_INLINE void check_row_value(const int64_t* row, int64_t r, int64_t bo
 
 }  // namespace
 
-at::Tensor gather_rows_cpu(const at::Tensor& source_arg, const at::Tensor& rows_arg) {
-  check_rows_args(source_arg, rows_arg);
-  check_device_type(source_arg, "source", c10::DeviceType::CPU);
-  const at::Tensor source = source_arg.contiguous();
+at::Tensor gather_rows_cpu(const at::Tensor& source, const at::Tensor& rows_arg) {
+  check_rows_args(source, rows_arg);
+  check_device_type(source, "source", c10::DeviceType::CPU);
   const at::Tensor rows = rows_arg.contiguous();
-  at::Tensor output = at::empty({rows.size(0), source.size(1)}, source.options());
-  // Whole rows are copied as bytes, so one loop serves every dtype.
-  const int64_t row_bytes = source.size(1) * source.element_size();
+  const int64_t* row = rows.const_data_ptr<int64_t>();
+  const int64_t width = source.size(1);
+  if (source.stride(1) != 1 && width > 1) {
+    // Rows whose elements are not adjacent: index_select copies them.
+    for (int64_t r = 0; r < rows.size(0); ++r) {
+      check_row_value(row, r, source.size(0), "source.size(0)");
+    }
+    return source.index_select(0, rows);
+  }
+  // The rows are read where they are, so a source with a row stride other than its
+  // width, such as an expanded gradient, is never copied whole.
+  at::Tensor output = at::empty({rows.size(0), width}, source.options());
+  const int64_t element_bytes = source.element_size();
+  const int64_t row_bytes = width * element_bytes;
+  const int64_t source_row_bytes = source.stride(0) * element_bytes;
   const char* from = static_cast<const char*>(source.const_data_ptr());
   char* to = static_cast<char*>(output.data_ptr());
-  const int64_t* row = rows.const_data_ptr<int64_t>();
   for (int64_t r = 0; r < rows.size(0); ++r) {
     check_row_value(row, r, source.size(0), "source.size(0)");
-    std::memcpy(to + r * row_bytes, from + row[r] * row_bytes, row_bytes);
+    std::memcpy(to + r * row_bytes, from + row[r] * source_row_bytes, row_bytes);
   }
   return output;
 }
