@@ -365,7 +365,6 @@ class LSTM(nn.Module):
             return layer_input, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
 
-
     def _layer_weights(self, names):
         """Return the parameters of one layer and direction named by `names`, None
         where a name is None."""
