@@ -271,6 +271,7 @@ def test_rows_operators_none_argument():
         _scatter_add_rows(None, _ROWS, 6)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 def test_rows_operators_nested_source():
     nested = torch.nested.as_nested_tensor([torch.zeros(2, 3), torch.zeros(3, 3)])
     with pytest.raises(ValueError, match="source must be a dense tensor, got a nested tensor"):
