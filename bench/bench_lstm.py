@@ -24,6 +24,11 @@ time over the floor: no kernel doing these products at this rate can exceed it. 
 smallest shapes the floor also counts torch.mm's own cost per call, a few microseconds,
 so there the bound is an estimate.
 
+"kernels" is the time of seqlstm's forward and backward kernels alone
+(torch.ops.seqlstm.lstm_forward and lstm_backward called directly on the packed rows,
+without autograd). The seqlstm columns minus it is what the module, autograd and the
+packing cost around the kernels.
+
 Usage: python bench/bench_lstm.py [--device cpu|cuda] [--threads K] [--clock wall|cpu]
        [--algorithm 0|1|2] [--shapes N,L,H_in,H ...]
 """
@@ -175,6 +180,36 @@ def gemm_floor(shape, min_seconds, clock):
     )
 
 
+def kernel_time(shape, algorithm, min_seconds, clock):
+    """Return the seconds of seqlstm's forward and backward kernels at `shape`, called
+    directly on the packed rows, without autograd, the module or any reordering."""
+    batch, steps, input_size, hidden_size = shape
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    padded = torch.randn(steps, batch, input_size, generator=generator)
+    packed = pack_padded_sequence(padded, lengths, enforce_sorted=False)
+    data, batch_sizes = packed.data, packed.batch_sizes
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(input_size, hidden_size)
+    weight_ih = module.weight_ih_l0.detach()
+    weight_hh = module.weight_hh_l0.detach()
+    bias = (module.bias_ih_l0 + module.bias_hh_l0).detach()
+    h_0 = torch.zeros(batch, hidden_size)
+    c_0 = torch.zeros(batch, hidden_size)
+    forward = torch.ops.seqlstm.lstm_forward.default
+    backward = torch.ops.seqlstm.lstm_backward.default
+
+    def both():
+        output, h_n, c_n, gates, cell = forward(
+            data, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, None, algorithm
+        )
+        backward(torch.ones_like(output), torch.ones_like(h_n), torch.zeros_like(c_n), data,
+                 batch_sizes, h_0, c_0, weight_ih, weight_hh, None, output, gates, cell,
+                 algorithm)
+
+    return time_call(both, min_seconds, clock)
+
+
 def run_cpu(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,7 +217,8 @@ def run_cpu(args):
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"forward+backward, median {args.clock} ms per call; algorithm={args.algorithm}")
     header = ["N", "L", "H_in", "H", "torch packed", "torch padded", "seqlstm packed",
-              "seqlstm lengths", "seqlstm prepacked", "ratio", "GEMM floor", "bound"]
+              "seqlstm lengths", "seqlstm prepacked", "ratio", "GEMM floor", "bound",
+              "kernels"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for shape in args.shapes:
@@ -198,6 +234,8 @@ def run_cpu(args):
         cells.append(f"{ratio:.2f}x")
         floor = gemm_floor(shape, args.seconds, clock)
         cells += [f"{floor * 1e3:.3f}", f"{fastest_torch / floor:.2f}x"]
+        kernels = kernel_time(shape, args.algorithm, args.seconds, clock)
+        cells.append(f"{kernels * 1e3:.3f}")
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
