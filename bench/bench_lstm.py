@@ -26,7 +26,7 @@ so there the bound is an estimate.
 
 "kernels" is the time of seqlstm's forward and backward kernels alone
 (torch.ops.seqlstm.lstm_forward and lstm_backward called directly on the packed rows,
-without autograd). The seqlstm columns minus it is what the module, autograd and the
+without autograd). A seqlstm column minus it gives what the module, autograd and the
 packing cost around the kernels.
 
 Usage: python bench/bench_lstm.py [--device cpu|cuda] [--threads K] [--clock wall|cpu]
@@ -199,7 +199,7 @@ def kernel_time(shape, algorithm, min_seconds, clock):
     forward = torch.ops.seqlstm.lstm_forward.default
     backward = torch.ops.seqlstm.lstm_backward.default
 
-    def both():
+    def forward_and_backward():
         output, h_n, c_n, gates, cell = forward(
             data, batch_sizes, h_0, c_0, weight_ih, weight_hh, bias, None, algorithm
         )
@@ -207,7 +207,7 @@ def kernel_time(shape, algorithm, min_seconds, clock):
                  batch_sizes, h_0, c_0, weight_ih, weight_hh, None, output, gates, cell,
                  algorithm)
 
-    return time_call(both, min_seconds, clock)
+    return time_call(forward_and_backward, min_seconds, clock)
 
 
 def run_cpu(args):
