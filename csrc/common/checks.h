@@ -294,11 +294,7 @@ inline void check_lstm_backward_args(const LstmSizes& sizes, const at::Tensor& i
   }
 }
 
-// Checks the arguments of gather_rows and scatter_add_rows that every backend shares:
-// source (., F) dense with dtype float16, bfloat16, float32 or float64, rows (K,) int64
-// dense on source's device, and for scatter_add_rows (num_rows >= 0) one row of source
-// per entry of rows. The values of rows are checked by the CPU kernels only, since
-// reading them on a GPU costs a sync.
+// Checks that tensor is given and is neither nested nor of a sparse or other layout.
 inline void check_dense(const at::Tensor& tensor, const char* name) {
   check_defined(tensor, name);
   TORCH_CHECK_VALUE(!tensor.is_nested(), name, " must be a dense tensor, got a nested tensor");
@@ -306,6 +302,11 @@ inline void check_dense(const at::Tensor& tensor, const char* name) {
                     tensor.layout());
 }
 
+// Checks the arguments of gather_rows and scatter_add_rows that every backend shares:
+// source (., F) dense with dtype float16, bfloat16, float32 or float64, rows (K,) int64
+// dense on source's device, and for scatter_add_rows (num_rows >= 0) one row of source
+// per entry of rows. The values of rows are checked by the CPU kernels only, since
+// reading them on a GPU costs a sync.
 inline void check_rows_args(const at::Tensor& source, const at::Tensor& rows) {
   check_dense(source, "source");
   check_dense(rows, "rows");

@@ -122,12 +122,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> padded_pack_order_cpu
 
 namespace {
 
-// Checks that rows[r] lies in [0, bound), where `bound_name` names the bound. The kernels
-// check each entry just before they use it.
-C10_ALWAYS_INLINE void check_row_value(const int64_t* row, int64_t r, int64_t bound,
-                                       const char* bound_name) {
-  TORCH_CHECK_INDEX(row[r] >= 0 && row[r] < bound, "rows[", r, "] = ", row[r],
-                    " must lie in [0, ", bound_name, ") = [0, ", bound, ")");
+// Checks that every entry of rows lies in [0, bound), where `bound_name` names the bound.
+void check_row_values(const at::Tensor& rows, int64_t bound, const char* bound_name) {
+  const int64_t* row = rows.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows.size(0); ++r) {
+    TORCH_CHECK_INDEX(row[r] >= 0 && row[r] < bound, "rows[", r, "] = ", row[r],
+                      " must lie in [0, ", bound_name, ") = [0, ", bound, ")");
+  }
 }
 
 }  // namespace
@@ -136,13 +137,10 @@ at::Tensor gather_rows_cpu(const at::Tensor& source, const at::Tensor& rows_arg)
   check_rows_args(source, rows_arg);
   check_device_type(source, "source", c10::DeviceType::CPU);
   const at::Tensor rows = rows_arg.contiguous();
-  const int64_t* row = rows.const_data_ptr<int64_t>();
+  check_row_values(rows, source.size(0), "source.size(0)");
   const int64_t width = source.size(1);
   if (source.stride(1) != 1 && width > 1) {
-    // Rows whose elements are not adjacent: index_select copies them.
-    for (int64_t r = 0; r < rows.size(0); ++r) {
-      check_row_value(row, r, source.size(0), "source.size(0)");
-    }
+    // The elements of a row are not adjacent, so index_select copies them.
     return source.index_select(0, rows);
   }
   // The rows are read where they are, so a source with a row stride other than its
@@ -153,8 +151,8 @@ at::Tensor gather_rows_cpu(const at::Tensor& source, const at::Tensor& rows_arg)
   const int64_t source_row_bytes = source.stride(0) * element_bytes;
   const char* from = static_cast<const char*>(source.const_data_ptr());
   char* to = static_cast<char*>(output.data_ptr());
+  const int64_t* row = rows.const_data_ptr<int64_t>();
   for (int64_t r = 0; r < rows.size(0); ++r) {
-    check_row_value(row, r, source.size(0), "source.size(0)");
     std::memcpy(to + r * row_bytes, from + row[r] * source_row_bytes, row_bytes);
   }
   return output;
@@ -171,23 +169,20 @@ at::Tensor scatter_add_rows_cpu(const at::Tensor& source_arg, const at::Tensor& 
   }
   const at::Tensor source = source_arg.contiguous();
   const at::Tensor rows = rows_arg.contiguous();
+  check_row_values(rows, num_rows, "num_rows");
   const int64_t width = source.size(1);
   at::Tensor output = at::empty({num_rows, width}, source.options());
-  const int64_t* row = rows.const_data_ptr<int64_t>();
   if (width == 0) {
-    for (int64_t r = 0; r < rows.size(0); ++r) {
-      check_row_value(row, r, num_rows, "num_rows");
-    }
     return output;
   }
   // The first source row for an output row is copied, later ones are added, and output
-  // rows that no source row reaches are zeroed: each output row is written once.
+  // rows that no source row reaches are zeroed, so each output row is written once.
+  const int64_t* row = rows.const_data_ptr<int64_t>();
   std::vector<bool> written(num_rows, false);
   AT_DISPATCH_FLOATING_TYPES(dtype, "scatter_add_rows_cpu", [&] {
     const scalar_t* from = source.const_data_ptr<scalar_t>();
     scalar_t* to = output.data_ptr<scalar_t>();
     for (int64_t r = 0; r < rows.size(0); ++r) {
-      check_row_value(row, r, num_rows, "num_rows");
       const scalar_t* source_row = from + r * width;
       scalar_t* target = to + row[r] * width;
       if (written[row[r]]) {
@@ -199,9 +194,9 @@ at::Tensor scatter_add_rows_cpu(const at::Tensor& source_arg, const at::Tensor& 
         written[row[r]] = true;
       }
     }
-    for (int64_t target = 0; target < num_rows; ++target) {
-      if (!written[target]) {
-        std::fill(to + target * width, to + (target + 1) * width, scalar_t(0));
+    for (int64_t output_row = 0; output_row < num_rows; ++output_row) {
+      if (!written[output_row]) {
+        std::fill(to + output_row * width, to + (output_row + 1) * width, scalar_t(0));
       }
     }
   });
